@@ -1,0 +1,21 @@
+"""trtq: quantize diffusers UNets and DiTs, and run them fast on NVIDIA GPUs.
+
+The public verbs:
+    quantize(model, recipe, calib_loop)     replace Conv2d/Linear by quantized layers and calibrate
+    save_artifact(model, path, name)        calibrated scales -> safetensors + JSON manifest
+    load_artifact(model, path)              re-quantize a float model from an artifact (refuses foreign ones)
+    list_recipes(), get_recipe(name)        recipes are data (YAML)
+"""
+
+__version__ = "0.1.0"
+
+from trtq.artifact import load_artifact, read_manifest, save_artifact  # noqa: E402
+from trtq.errors import TrtqError  # noqa: E402
+from trtq.quantize import calibrate, prepare, quantize  # noqa: E402
+from trtq.recipes import LayerRule, Recipe, get_recipe, list_recipes  # noqa: E402
+from trtq.scheme import QuantScheme  # noqa: E402
+
+__all__ = [
+    "LayerRule", "QuantScheme", "Recipe", "TrtqError", "calibrate", "get_recipe", "list_recipes",
+    "load_artifact", "prepare", "quantize", "read_manifest", "save_artifact", "__version__",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from trtq.cli import main
+
+sys.exit(main())

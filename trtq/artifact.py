@@ -1,0 +1,169 @@
+"""Artifacts: calibrated scales on disk, saying what made them.
+
+An artifact is a directory:
+    manifest.json        format version, recipe, model name + fingerprint, library versions, layer list
+    scales.safetensors   every quantizer buffer, keyed "<layer>.<weight|input>_quantizer.<scale|zero_point>"
+Only JSON and safetensors are read back (no pickle). Writes go to a temporary sibling directory that is
+renamed into place, so a crash never leaves a half-written artifact where a good one was expected.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trtq.errors import TrtqError
+from trtq.nn import quantizers
+from trtq.recipes import Recipe
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SCALES = "scales.safetensors"
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """sha256 over the parameters (names, shapes, dtypes, bytes). Quantizer buffers are not parameters, so a
+    quantized model has the fingerprint of the float model it came from."""
+    h = hashlib.sha256()
+    for name, p in sorted(module.named_parameters(), key=lambda kv: kv[0]):
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+
+    from trtq import __version__
+
+    v = {"trtq": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+         "python": platform.python_version()}
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        v["gpu_arch"] = f"sm_{major}{minor}"
+    return v
+
+
+def save_artifact(model: nn.Module, path: str | Path, model_name: str, extra: dict[str, Any] | None = None) -> Path:
+    """Write the calibrated scales of a quantized model (from `trtq.quantize`) to directory `path`."""
+    recipe: Recipe | None = getattr(model, "trtq_recipe", None)
+    if recipe is None:
+        raise TrtqError("this model was not quantized with trtq.quantize: nothing to save")
+    tensors, layers = {}, {}
+    for name, q in quantizers(model):
+        if not q.calibrated:
+            raise TrtqError(f"quantizer {name} has no scales yet: calibrate before saving")
+        layer, _, role = name.rpartition(".")
+        layers.setdefault(layer, {})[role] = q.scheme.to_dict()
+        for buf in ("scale", "zero_point"):
+            t = getattr(q, buf)
+            if t is not None:
+                tensors[f"{name}.{buf}"] = t.detach().cpu().contiguous()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": "trtq-artifact",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": model_name, "fingerprint": module_fingerprint(model)},
+        "recipe": recipe.to_dict(),
+        "versions": _versions(),
+        "layers": layers,
+        **({"extra": extra} if extra else {}),
+    }
+    return _atomic_write_dir(Path(path), manifest, tensors)
+
+
+def _atomic_write_dir(path: Path, manifest: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    if path.exists() and not (path / MANIFEST).is_file():
+        raise TrtqError(f"{path} exists and is not a trtq artifact; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        save_file(tensors, str(tmp / SCALES), metadata={"format_version": str(FORMAT_VERSION)})
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            old.rename(path)  # put the previous artifact back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise TrtqError(f"{path} is not a trtq artifact (no {MANIFEST})") from None
+    except ValueError as e:
+        raise TrtqError(f"{path / MANIFEST} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != "trtq-artifact":
+        raise TrtqError(f"{path} is not a trtq artifact")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise TrtqError(f"artifact {path} has format version {version}, newer than this trtq reads "
+                        f"({FORMAT_VERSION}); upgrade trtq")
+    return manifest
+
+
+def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = None) -> nn.Module:
+    """Quantize a float `model` in place with the scales of artifact `path`. Refuses a foreign artifact."""
+    from trtq.quantize import prepare, restore
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    made_for = manifest["model"]
+    fingerprint = module_fingerprint(model)
+    if made_for["fingerprint"] != fingerprint:
+        mine = f" ({model_name})" if model_name else ""
+        raise TrtqError(f"artifact {path} was made for model {made_for['name']!r} "
+                        f"(fingerprint {made_for['fingerprint'][:12]}), not this model{mine} "
+                        f"(fingerprint {fingerprint[:12]})")
+    try:
+        tensors = load_file(str(path / SCALES))
+    except (OSError, Exception) as e:  # safetensors raises its own error types for corrupt files
+        raise TrtqError(f"cannot read {path / SCALES}: {e}") from None
+    recipe = Recipe.from_dict(manifest["recipe"])
+    originals = prepare(model, recipe)
+    try:
+        _load_scales(model, tensors, path)
+    except BaseException:
+        restore(model, originals)
+        raise
+    return model
+
+
+def _load_scales(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    expected = set()
+    for name, q in quantizers(model):
+        for buf in ("scale", "zero_point"):
+            key = f"{name}.{buf}"
+            needed = not q.scheme.dynamic and (buf == "scale" or not q.scheme.symmetric)
+            if not needed:
+                continue
+            expected.add(key)
+            if key not in tensors:
+                raise TrtqError(f"artifact {path} lacks {key}")
+            setattr(q, buf, tensors[key])
+        q.observer = None
+        q.mode = "quantize"
+    extra = set(tensors) - expected
+    if extra:
+        raise TrtqError(f"artifact {path} has scales for layers this model does not quantize: {sorted(extra)[:3]}")

@@ -1,0 +1,72 @@
+"""Quantized drop-in replacements for `nn.Conv2d` and `nn.Linear`.
+
+A quantized module *is* the float module (same class hierarchy, same Parameter objects, same name in the
+model) plus two optional quantizers: `input_quantizer` for the activation and `weight_quantizer` for the
+weight. Either may be None (kept in float). Swapping the class rather than wrapping keeps module names and
+state_dict keys unchanged, so hooks, LoRA loaders and diffusers attention processors keep working.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trtq.nn.tensor_quantizer import TensorQuantizer
+from trtq.scheme import QuantScheme
+
+
+class _QuantMixin:
+    input_quantizer: TensorQuantizer | None
+    weight_quantizer: TensorQuantizer | None
+
+    @classmethod
+    def from_float(cls, module: nn.Module, weight: QuantScheme | None, input: QuantScheme | None):
+        q = cls.__new__(cls)
+        q.__dict__ = dict(module.__dict__)
+        q._parameters = dict(module._parameters)
+        q._buffers = dict(module._buffers)
+        q._modules = dict(module._modules)
+        q.weight_quantizer = None if weight is None else TensorQuantizer(weight, "weight")
+        q.input_quantizer = None if input is None else TensorQuantizer(input, "input")
+        q._qweight_cache = None
+        if q.weight_quantizer is not None:
+            q.weight_quantizer.calibrate_from(q.weight.detach())
+        return q
+
+    def quantized_weight(self) -> torch.Tensor:
+        wq = self.weight_quantizer
+        if wq is None:
+            return self.weight
+        if torch.is_grad_enabled():
+            return wq(self.weight)
+        # Inference re-uses the fake-quantized weight until the weight or its scale changes.
+        scale = wq.scale
+        key = (self.weight._version, self.weight.data_ptr(), wq.mode,
+               None if scale is None else (scale.data_ptr(), scale._version))
+        if self._qweight_cache is None or self._qweight_cache[0] != key:
+            self._qweight_cache = (key, wq(self.weight))
+        return self._qweight_cache[1]
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+QUANT_MODULES: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+def quantizers(model: nn.Module):
+    """(qualified name, TensorQuantizer) for every quantizer in a model."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, TensorQuantizer):
+            yield name, mod

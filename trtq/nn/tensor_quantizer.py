@@ -1,0 +1,96 @@
+"""`TensorQuantizer`: the module that applies one `QuantScheme` to one tensor of a layer.
+
+It has three modes, switched explicitly by whoever drives it (never by counting calls):
+- "calibrate": feed the observer, pass the float tensor through unchanged;
+- "quantize":  fake-quantize with the calibrated scales (static) or with scales from the live tensor (dynamic);
+- "off":       identity.
+Calibrated scales live in buffers (`scale`, `zero_point`) so they travel with `state_dict` and artifacts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trtq.errors import TrtqError
+from trtq.observers import make_observer
+from trtq.quantizer import (
+    check_group_size,
+    dynamic_qparams,
+    fake_quantize,
+    qparams_from_range,
+    rows_to_scale,
+    to_rows,
+)
+from trtq.scheme import QuantScheme
+
+MODES = ("calibrate", "quantize", "off")
+
+
+class TensorQuantizer(nn.Module):
+    def __init__(self, scheme: QuantScheme, role: str):
+        super().__init__()
+        if role not in ("weight", "input"):
+            raise ValueError(f"role must be 'weight' or 'input', got {role!r}")
+        self.scheme = scheme
+        self.role = role
+        # Weights keep one scale per (row, group); static activation groups share a scale over tokens/pixels.
+        self.shared = role == "input" and not scheme.dynamic
+        self.mode = "quantize" if scheme.dynamic else "calibrate"
+        self.observer = None if scheme.dynamic else make_observer(scheme)
+        self.register_buffer("scale", None)
+        self.register_buffer("zero_point", None)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.scheme.dynamic or self.scale is not None
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if mode == "calibrate" and self.observer is None:
+            self.observer = make_observer(self.scheme)
+        if mode == "quantize" and not self.calibrated:
+            raise TrtqError("this quantizer has no scales yet: calibrate it first")
+        self.mode = mode
+
+    def observe(self, x: torch.Tensor) -> None:
+        self._template = x.shape  # scale layout depends on the shape seen in calibration
+        self.observer.observe(to_rows(x, self.scheme, self.shared))
+
+    def finish_calibration(self) -> None:
+        """Turn the observed ranges into scales and switch to 'quantize'."""
+        if self.scheme.dynamic:
+            self.mode = "quantize"
+            return
+        if self.observer is None or not self.observer.seen:
+            raise TrtqError("calibration never reached this quantizer")
+        amin, amax = self.observer.range()
+        template = torch.empty(self._template, device="meta")
+        scale, zp = qparams_from_range(amin, amax, self.scheme)
+        self.scale = rows_to_scale(scale, template, self.scheme, self.shared)
+        self.zero_point = None if zp is None else rows_to_scale(zp, template, self.scheme, self.shared)
+        self.observer = None
+        self.mode = "quantize"
+
+    def calibrate_from(self, x: torch.Tensor) -> None:
+        """One-shot calibration (weights: the whole tensor is known up front)."""
+        self.set_mode("calibrate")
+        self.observe(x)
+        self.finish_calibration()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "off":
+            return x
+        if self.mode == "calibrate":
+            self.observe(x)
+            return x
+        if self.scheme.dynamic:
+            check_group_size(x, self.scheme)
+            scale, zp = dynamic_qparams(x, self.scheme)
+        else:
+            scale, zp = self.scale, self.zero_point
+        return fake_quantize(x, scale, zp, self.scheme)
+
+    def extra_repr(self) -> str:
+        return f"{self.role}: {self.scheme.describe()}, mode={self.mode}"

@@ -1,0 +1,95 @@
+"""The one verb: `quantize(model, recipe, calib_loop)`.
+
+1. `prepare`: every Conv2d/Linear that a recipe rule matches is replaced in place by its quantized twin
+   (same parameters); weight scales are computed at once (weights are known up front).
+2. `calibrate`: static activation quantizers observe while the user's `calib_loop(model)` runs the model on
+   data the user chooses (as in modelopt's forward_loop); then their scales are fixed.
+The recipe is recorded on the model (`model.trtq_recipe`) so that an artifact can say what made it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from trtq.errors import TrtqError
+from trtq.nn import QUANT_MODULES, quantizers
+from trtq.nn.modules import _QuantMixin
+from trtq.recipes import Recipe, get_recipe
+
+CalibLoop = Callable[[nn.Module], None]
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def prepare(model: nn.Module, recipe: str | Path | Recipe) -> dict[str, nn.Module]:
+    """Swap matched layers for quantized ones (no calibration). Returns {name: the float layer it replaced}."""
+    recipe = get_recipe(recipe)
+    if any(isinstance(m, _QuantMixin) for m in model.modules()):
+        raise TrtqError("this model is already quantized; start again from the float model")
+    swapped = {}
+    for name, module in list(model.named_modules()):
+        qcls = QUANT_MODULES.get(type(module))
+        rule = recipe.rule_for(name, module) if qcls is not None else None
+        if rule is None:
+            continue
+        try:
+            _set_submodule(model, name, qcls.from_float(module, rule.weight, rule.input))
+        except TrtqError as e:
+            restore(model, swapped)
+            raise TrtqError(f"layer {name}: {e}") from None
+        swapped[name] = module
+    if not swapped:
+        raise TrtqError(f"recipe {recipe.name!r} matched no Conv2d/Linear layer of this model")
+    model.trtq_recipe = recipe
+    return swapped
+
+
+def restore(model: nn.Module, originals: dict[str, nn.Module]) -> None:
+    """Put the float layers returned by `prepare` back (used to leave a model untouched on failure)."""
+    for name, module in originals.items():
+        _set_submodule(model, name, module)
+    if "trtq_recipe" in model.__dict__:
+        del model.trtq_recipe
+
+
+def calibrate(model: nn.Module, calib_loop: CalibLoop) -> None:
+    """Run the user's loop with static activation quantizers observing, then fix their scales."""
+    pending = {n: q for n, q in quantizers(model) if q.role == "input" and not q.scheme.dynamic}
+    for q in pending.values():
+        q.set_mode("calibrate")
+    with torch.no_grad():
+        calib_loop(model)
+    missed = [n for n, q in pending.items() if q.observer is None or not q.observer.seen]
+    if missed:
+        for q in pending.values():
+            q.observer = None
+        shown = ", ".join(missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")
+        raise TrtqError(f"calibration never reached {len(missed)} quantized layer(s) ({shown}): "
+                        "does calib_loop run the model it is given?")
+    for q in pending.values():
+        q.finish_calibration()
+
+
+def quantize(model: nn.Module, recipe: str | Path | Recipe, calib_loop: CalibLoop | None = None) -> nn.Module:
+    """Quantize `model` in place with `recipe`, calibrating static activation scales with `calib_loop`.
+
+    Returns the model (now holding fake-quantized layers), for chaining.
+    """
+    recipe = get_recipe(recipe)
+    if recipe.needs_calibration and calib_loop is None:
+        raise TrtqError(f"recipe {recipe.name!r} has static activation scales: pass calib_loop")
+    originals = prepare(model, recipe)
+    if recipe.needs_calibration:
+        try:
+            calibrate(model, calib_loop)
+        except BaseException:
+            restore(model, originals)  # nothing half-quantized is left behind
+            raise
+    return model

@@ -1,0 +1,173 @@
+"""Quantizer primitives: scales from ranges, fake quantization with a straight-through estimator, real codes.
+
+Layout of scales (`scale.shape`), for a tensor x and a scheme:
+- tensor:  a 0-d tensor.
+- channel: x.shape with every dim but `axis` set to 1 (broadcasts against x).
+- group:   x.shape with `axis` divided by the group size. When scales are *shared* (static activations) every
+           other dim is 1 as well: one scale per group of channels for all tokens/pixels. Weights and dynamic
+           activations keep the other dims: one scale per (row, group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trtq.errors import TrtqError
+from trtq.formats import FloatFormat, IntFormat, pack_4bit, unpack_4bit
+from trtq.scheme import QuantScheme
+
+
+# --------------------------------------------------------------------------------------- layouts
+def _axis(x: torch.Tensor, scheme: QuantScheme) -> int:
+    axis = scheme.axis
+    if not -x.ndim <= axis < x.ndim:
+        raise TrtqError(f"quantization axis {axis} is out of range for a tensor of shape {tuple(x.shape)}")
+    return axis % x.ndim
+
+
+def check_group_size(x: torch.Tensor, scheme: QuantScheme) -> None:
+    if scheme.granularity == "group":
+        a = _axis(x, scheme)
+        if x.shape[a] % scheme.group_size:
+            raise TrtqError(
+                f"group size {scheme.group_size} does not divide axis {a} of size {x.shape[a]} "
+                f"(tensor shape {tuple(x.shape)}); pick a group size that divides it"
+            )
+
+
+def to_rows(x: torch.Tensor, scheme: QuantScheme, shared: bool) -> torch.Tensor:
+    """View x as [K, M]: one row per scale entry, in the order of the scale layout."""
+    if scheme.granularity == "tensor":
+        return x.reshape(1, -1)
+    a = _axis(x, scheme)
+    if scheme.granularity == "channel":
+        return x.movedim(a, 0).reshape(x.shape[a], -1)
+    check_group_size(x, scheme)
+    g = scheme.group_size
+    if shared:
+        return x.movedim(a, 0).reshape(x.shape[a] // g, -1)
+    return x.movedim(a, -1).reshape(-1, g)
+
+
+def scale_shape(x: torch.Tensor, scheme: QuantScheme, shared: bool) -> tuple[int, ...]:
+    if scheme.granularity == "tensor":
+        return ()
+    a = _axis(x, scheme)
+    n = x.shape[a] if scheme.granularity == "channel" else x.shape[a] // scheme.group_size
+    if scheme.granularity == "channel" or shared:
+        return tuple(n if d == a else 1 for d in range(x.ndim))
+    return tuple(n if d == a else s for d, s in enumerate(x.shape))
+
+
+def rows_to_scale(values: torch.Tensor, x: torch.Tensor, scheme: QuantScheme, shared: bool) -> torch.Tensor:
+    """Reshape a per-row statistic [K] into the scale layout for x."""
+    shape = scale_shape(x, scheme, shared)
+    if scheme.granularity == "group" and not shared:
+        a = _axis(x, scheme)
+        moved = list(shape)
+        moved.append(moved.pop(a))
+        return values.reshape(moved).movedim(-1, a)
+    return values.reshape(shape)
+
+
+def expand_scale(scale: torch.Tensor, x: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
+    """A scale (or zero point) in its layout -> broadcastable against x."""
+    if scheme.granularity == "group":
+        return scale.repeat_interleave(scheme.group_size, dim=_axis(x, scheme))
+    return scale
+
+
+# --------------------------------------------------------------------------------------- qparams
+def qparams_from_range(amin: torch.Tensor, amax: torch.Tensor, scheme: QuantScheme):
+    """(scale, zero_point) so that [amin, amax] maps onto the format's range. zero_point is None if symmetric."""
+    fmt = scheme.fmt
+    amin = amin.float()
+    amax = amax.float()
+    if scheme.symmetric:
+        bound = torch.maximum(amin.abs(), amax.abs())
+        scale = bound / fmt.max_value
+        # An all-zero tensor quantizes exactly with any scale; 1 avoids 0/0.
+        return torch.where(bound > 0, scale, torch.ones_like(scale)), None
+    levels = 2**fmt.bits - 1
+    lo = torch.clamp(amin, max=0.0)  # zero must be exactly representable (padding, ReLU zeros)
+    hi = torch.clamp(amax, min=0.0)
+    scale = (hi - lo) / levels
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = torch.round(-lo / scale).clamp(0, levels)
+    return scale, zero_point
+
+
+def _round_ste(v: torch.Tensor, fmt, asymmetric: bool) -> torch.Tensor:
+    """Clamp (gradient 0 outside the range) then round with a straight-through gradient (1 inside)."""
+    if isinstance(fmt, IntFormat):
+        lo, hi = (0, 2**fmt.bits - 1) if asymmetric else (fmt.qmin, fmt.qmax)
+        v = v.clamp(lo, hi)
+        return v + (torch.round(v) - v).detach()
+    v = v.clamp(-fmt.max_value, fmt.max_value)
+    return v + (fmt.round(v) - v).detach()
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, scheme: QuantScheme):
+    """Quantize then dequantize in float. Differentiable: STE for rounding, exact gradients for the scale."""
+    s = expand_scale(scale, x, scheme).to(x.dtype)
+    if zero_point is None:
+        return _round_ste(x / s, scheme.fmt, False) * s
+    z = expand_scale(zero_point, x, scheme).to(x.dtype)
+    return (_round_ste(x / s + z, scheme.fmt, True) - z) * s
+
+
+def dynamic_qparams(x: torch.Tensor, scheme: QuantScheme):
+    """Scales from the live tensor (per call): per-row min/max of the unshared layout, no gradient."""
+    rows = to_rows(x.detach(), scheme, shared=False)
+    scale, zp = qparams_from_range(rows.amin(1), rows.amax(1), scheme)
+    return rows_to_scale(scale, x, scheme, False), None if zp is None else rows_to_scale(zp, x, scheme, False)
+
+
+# --------------------------------------------------------------------------------------- real codes
+@dataclass
+class QuantizedTensor:
+    """Stored codes + scales. int8: torch.int8 (uint8 when asymmetric); 4-bit: packed two per byte along the
+    last axis, low nibble first; fp8: uint8 whose bits are the OCP E4M3 encoding (view as float8_e4m3fn)."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+    scheme: QuantScheme
+    shape: tuple[int, ...]
+
+    def dequantize(self) -> torch.Tensor:
+        fmt = self.scheme.fmt
+        codes = unpack_4bit(self.codes) if fmt.bits == 4 else self.codes
+        codes = codes.reshape(self.shape)
+        if isinstance(fmt, FloatFormat):
+            q = fmt.decode(codes)
+        elif self.zero_point is not None:
+            q = codes.to(torch.float32)  # unsigned codes
+        else:
+            q = fmt.decode(codes) if fmt.bits == 4 else codes.to(torch.float32)
+        ref = torch.empty(self.shape)
+        s = expand_scale(self.scale, ref, self.scheme)
+        if self.zero_point is not None:
+            q = q - expand_scale(self.zero_point, ref, self.scheme)
+        return q * s
+
+
+def quantize_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, scheme: QuantScheme):
+    """Real quantization: x -> QuantizedTensor whose dequantize() equals fake_quantize(x)."""
+    fmt = scheme.fmt
+    s = expand_scale(scale, x, scheme)
+    v = x.detach().float() / s
+    if isinstance(fmt, FloatFormat):
+        codes = fmt.encode(fmt.round(v.clamp(-fmt.max_value, fmt.max_value)))
+    elif zero_point is not None:
+        q = fmt.round(v + expand_scale(zero_point, x, scheme), unsigned_range=True)
+        codes = q.to(torch.uint8)
+    else:
+        q = fmt.round(v)
+        codes = fmt.encode(q) if fmt.bits == 4 else q.to(torch.int8)
+    if fmt.bits == 4:
+        codes = pack_4bit(codes)
+    return QuantizedTensor(codes, scale.detach().clone(), None if zero_point is None else zero_point.clone(),
+                           scheme, tuple(x.shape))

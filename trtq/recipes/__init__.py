@@ -1,0 +1,136 @@
+"""Recipes: which layers get which quantization schemes, as data.
+
+A recipe is a YAML/JSON file (the built-in ones sit beside this module) or a `Recipe` built in Python. Rules
+are tried in order and the first whose `pattern` (fnmatch on the module's qualified name) and `types`
+match a layer decides its schemes; `keep_float` patterns win over every rule. `method` names a quantization
+method that runs on top of the schemes (later: winograd, tfmq, efficientdm, hqdit); None = plain PTQ.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trtq.errors import TrtqError
+from trtq.scheme import QuantScheme
+
+RECIPES_DIR = Path(__file__).parent
+LAYER_TYPES = ("Conv2d", "Linear")
+
+
+def _take(data: dict, allowed: set[str], what: str) -> dict:
+    unknown = set(data) - allowed
+    if unknown:
+        raise TrtqError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(allowed)}")
+    return data
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    pattern: str = "*"
+    types: tuple[str, ...] = LAYER_TYPES
+    weight: QuantScheme | None = None
+    input: QuantScheme | None = None
+
+    def __post_init__(self) -> None:
+        bad = set(self.types) - set(LAYER_TYPES)
+        if bad or not self.types:
+            raise TrtqError(f"rule types must be a non-empty subset of {LAYER_TYPES}, got {list(self.types)}")
+        if self.weight is None and self.input is None:
+            raise TrtqError(f"rule {self.pattern!r} quantizes nothing; use keep_float to leave layers in float")
+
+    def matches(self, name: str, module) -> bool:
+        return type(module).__name__ in self.types and fnmatchcase(name, self.pattern)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"pattern": self.pattern, "types": list(self.types)}
+        if self.weight is not None:
+            d["weight"] = self.weight.to_dict()
+        if self.input is not None:
+            d["input"] = self.input.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerRule:
+        _take(data, {"pattern", "types", "weight", "input"}, "rule")
+        scheme = lambda k: QuantScheme.from_dict(data[k]) if data.get(k) is not None else None  # noqa: E731
+        return cls(pattern=data.get("pattern", "*"), types=tuple(data.get("types", LAYER_TYPES)),
+                   weight=scheme("weight"), input=scheme("input"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    rules: tuple[LayerRule, ...]
+    description: str = ""
+    keep_float: tuple[str, ...] = ()
+    method: str | None = None
+    method_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise TrtqError("a recipe needs a name")
+        if not self.rules:
+            raise TrtqError(f"recipe {self.name!r} has no rules")
+
+    def rule_for(self, name: str, module) -> LayerRule | None:
+        """The rule that quantizes this layer, or None to keep it in float."""
+        if any(fnmatchcase(name, p) for p in self.keep_float):
+            return None
+        return next((r for r in self.rules if r.matches(name, module)), None)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(r.input is not None and not r.input.dynamic for r in self.rules)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "method": self.method,
+                "method_args": dict(self.method_args), "keep_float": list(self.keep_float),
+                "rules": [r.to_dict() for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        if not isinstance(data, dict):
+            raise TrtqError("a recipe must be a mapping")
+        _take(data, {"name", "description", "method", "method_args", "keep_float", "rules"}, "recipe")
+        rules = data.get("rules") or []
+        if not isinstance(rules, list):
+            raise TrtqError("recipe 'rules' must be a list")
+        return cls(name=data.get("name", ""), description=data.get("description", ""),
+                   method=data.get("method"), method_args=dict(data.get("method_args") or {}),
+                   keep_float=tuple(data.get("keep_float") or ()),
+                   rules=tuple(LayerRule.from_dict(r) for r in rules))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise TrtqError(f"cannot read recipe {path}: {e.strerror}") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as e:
+            raise TrtqError(f"recipe {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+        return cls.from_dict(data)
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def get_recipe(recipe: str | Path | Recipe) -> Recipe:
+    """A Recipe from itself, a built-in name, or a path to a YAML/JSON file."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    builtin = RECIPES_DIR / f"{recipe}.yaml"
+    if builtin.is_file():
+        return Recipe.from_file(builtin)
+    if Path(recipe).is_file():
+        return Recipe.from_file(recipe)
+    raise TrtqError(f"unknown recipe {str(recipe)!r}: not a built-in ({', '.join(list_recipes())}) nor a file")

@@ -1,0 +1,82 @@
+"""A quantization scheme as validated data.
+
+`QuantScheme` says how one tensor is quantized: the number format, the granularity of its scales, symmetry,
+whether scales are calibrated (static) or computed at run time (dynamic), and which observer calibrates
+them. It is checked when it is built, so an impossible combination never reaches a model, and it round-trips
+through plain dicts (recipes in YAML/JSON, artifact manifests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from trtq.errors import TrtqError
+from trtq.formats import Format, get_format
+
+GRANULARITIES = ("tensor", "channel", "group")
+OBSERVERS = ("minmax", "percentile", "mse")
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    format: str = "int8"
+    granularity: str = "tensor"
+    # The axis that channel/group granularity runs along (negative counts from the end).
+    axis: int | None = None
+    group_size: int | None = None
+    symmetric: bool = True
+    dynamic: bool = False
+    observer: str = "minmax"
+    percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        fmt = get_format(self.format)
+        if self.granularity not in GRANULARITIES:
+            raise TrtqError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity == "tensor" and self.axis is not None:
+            raise TrtqError("per-tensor quantization takes no axis")
+        if self.granularity in ("channel", "group") and self.axis is None:
+            raise TrtqError(f"{self.granularity} granularity needs an axis")
+        if self.granularity == "group":
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+                raise TrtqError(f"group granularity needs a positive integer group_size, got {self.group_size!r}")
+        elif self.group_size is not None:
+            raise TrtqError(f"group_size is only meaningful with granularity 'group', not {self.granularity!r}")
+        if not self.symmetric and fmt.kind == "float":
+            raise TrtqError(f"{self.format} is a float format: asymmetric (zero-point) quantization needs an int format")
+        if self.observer not in OBSERVERS:
+            raise TrtqError(f"observer must be one of {OBSERVERS}, got {self.observer!r}")
+        if self.dynamic and self.observer != "minmax":
+            # Dynamic scales are computed from each tensor as it arrives; a search per call would be the cost
+            # of calibration paid at every inference.
+            raise TrtqError("dynamic scales are min-max of the live tensor; use observer 'minmax' with dynamic")
+        if self.observer == "percentile":
+            if self.percentile is None or not (50.0 < self.percentile <= 100.0):
+                raise TrtqError(f"observer 'percentile' needs percentile in (50, 100], got {self.percentile!r}")
+        elif self.percentile is not None:
+            raise TrtqError("percentile is only meaningful with observer 'percentile'")
+
+    @property
+    def fmt(self) -> Format:
+        return get_format(self.format)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantScheme:
+        if not isinstance(data, dict):
+            raise TrtqError(f"a quantization scheme must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise TrtqError(f"unknown quantization scheme keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+    def describe(self) -> str:
+        g = {"tensor": "per-tensor", "channel": f"per-channel(axis={self.axis})",
+             "group": f"group(g={self.group_size}, axis={self.axis})"}[self.granularity]
+        mode = "dynamic" if self.dynamic else f"static/{self.observer}"
+        sym = "sym" if self.symmetric else "asym"
+        return f"{self.format} {g} {sym} {mode}"
