@@ -77,3 +77,29 @@ def test_recipe_file_with_errors(tmp_path, capsys):
                        capsys)
     assert code == 2 and "group_size" in one_error_line(err)
     assert not (tmp_path / "a").exists()
+
+
+def test_quantize_then_eval_the_artifact(tmp_path, capsys):
+    """The whole CLI path on a trained zoo model, kept tiny: quantize -> artifact -> eval --artifact -> JSON."""
+    import json
+
+    art, j = tmp_path / "art", tmp_path / "m.json"
+    code, out, err = run(["quantize", "--model", "digits-dit", "--recipe", "w8a8-minmax", "--out", str(art),
+                          "--steps", "2", "--calib-samples", "2"], capsys)
+    assert code == 0, err
+    assert (art / "manifest.json").is_file()
+    code, out, err = run(["eval", "--model", "digits-dit", "--artifact", str(art), "--samples", "10", "--steps", "2",
+                          "--json", str(j), "--quiet"], capsys)
+    assert code == 0, err
+    metrics = json.loads(j.read_text())
+    assert metrics["recipe"] == "w8a8-minmax" and metrics["model"] == "digits-dit"
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["fid"] > 0 and 0 < metrics["ssim"] <= 1
+    assert metrics["psnr_db"] is None or metrics["psnr_db"] > 10
+
+
+def test_artifact_of_one_zoo_model_is_refused_by_the_other(tmp_path, capsys):
+    art = tmp_path / "art"
+    assert run(["quantize", "--model", "digits-dit", "--recipe", "w8a8-minmax", "--out", str(art),
+                "--steps", "1", "--calib-samples", "1"], capsys)[0] == 0
+    code, _, err = run(["eval", "--model", "digits-unet", "--artifact", str(art), "--samples", "4"], capsys)
+    assert code == 2 and "made for model 'digits-dit'" in one_error_line(err)

@@ -123,11 +123,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = None) -> nn.Module:
-    """Quantize a float `model` in place with the scales of artifact `path`. Refuses a foreign artifact."""
-    from trtq.quantize import prepare, restore
-
-    path = Path(path)
+def check_artifact(path: str | Path, model: nn.Module, model_name: str | None = None) -> dict[str, Any]:
+    """The manifest of artifact `path`, after checking that it was made for exactly this model's weights."""
     manifest = read_manifest(path)
     made_for = manifest["model"]
     fingerprint = module_fingerprint(model)
@@ -136,6 +133,15 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
         raise TrtqError(f"artifact {path} was made for model {made_for['name']!r} "
                         f"(fingerprint {made_for['fingerprint'][:12]}), not this model{mine} "
                         f"(fingerprint {fingerprint[:12]})")
+    return manifest
+
+
+def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = None) -> nn.Module:
+    """Quantize a float `model` in place with the scales of artifact `path`. Refuses a foreign artifact."""
+    from trtq.quantize import prepare, restore
+
+    path = Path(path)
+    manifest = check_artifact(path, model, model_name)
     try:
         tensors = load_file(str(path / SCALES))
     except (OSError, Exception) as e:  # safetensors raises its own error types for corrupt files

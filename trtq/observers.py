@@ -52,8 +52,8 @@ class _SampleObserver:
     def observe(self, rows: torch.Tensor) -> None:
         rows = rows.detach().float()
         cap = max(SAMPLE_CAP // rows.shape[0], 64)
-        if rows.shape[1] > cap:
-            rows = rows[:, torch.randperm(rows.shape[1], generator=self.gen)[:cap]]
+        if rows.shape[1] > cap:  # draw with replacement: a randperm of every batch costs more than it is worth
+            rows = rows[:, torch.randint(rows.shape[1], (cap,), generator=self.gen)]
         self.samples = rows if self.samples is None else torch.cat([self.samples, rows], 1)
         if self.samples.shape[1] > cap:
             keep = torch.randperm(self.samples.shape[1], generator=self.gen)[:cap]

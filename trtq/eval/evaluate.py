@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trtq.artifact import load_artifact, read_manifest
+from trtq.artifact import check_artifact, load_artifact, read_manifest
 from trtq.baselines import BASELINES, run_baseline
 from trtq.errors import TrtqError
 from trtq.eval.metrics import summarize
@@ -144,6 +144,8 @@ def evaluate(model_name: str, spec: QuantSpec, cfg: SamplingConfig) -> dict:
 
     spec.check()
     model = load_model(model_name)
+    if spec.artifact is not None:
+        check_artifact(spec.artifact, model.denoiser, model.name)  # before minutes of FP sampling
     classifier = load_classifier()
     reference, _ = load_digits_images(model.sample_size)
     ev = Evaluator(model, cfg, classifier, reference)

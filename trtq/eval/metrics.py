@@ -6,6 +6,7 @@ comparable across runs and machines.
 """
 
 import math
+import warnings
 
 import numpy as np
 import scipy.linalg
@@ -97,8 +98,11 @@ def frechet_distance(feat_a, feat_b, eps=1e-6):
     s_a = np.atleast_2d(np.cov(a, rowvar=False))
     s_b = np.atleast_2d(np.cov(b, rowvar=False))
 
-    covmean = scipy.linalg.sqrtm(s_a @ s_b)
-    if not np.all(np.isfinite(covmean)):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        covmean = scipy.linalg.sqrtm(s_a @ s_b)
+    # A singular product (dead ReLU features, few samples) makes sqrtm warn or return non-finite values.
+    if caught or not np.all(np.isfinite(covmean)):
         offset = np.eye(s_a.shape[0]) * eps
         covmean = scipy.linalg.sqrtm((s_a + offset) @ (s_b + offset))
     if np.iscomplexobj(covmean):
