@@ -23,8 +23,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trtq.errors import TrtqError
-from trtq.nn import quantizers
+from trtq.nn import TensorQuantizer, is_quantized, quantizers
 from trtq.recipes import Recipe
+from trtq.scheme import QuantScheme
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -61,15 +62,19 @@ def save_artifact(model: nn.Module, path: str | Path, model_name: str, extra: di
     if recipe is None:
         raise TrtqError("this model was not quantized with trtq.quantize: nothing to save")
     tensors, layers = {}, {}
-    for name, q in quantizers(model):
-        if not q.calibrated:
-            raise TrtqError(f"quantizer {name} has no scales yet: calibrate before saving")
-        layer, _, role = name.rpartition(".")
-        layers.setdefault(layer, {})[role] = q.scheme.to_dict()
-        for buf in ("scale", "zero_point"):
-            t = getattr(q, buf)
-            if t is not None:
-                tensors[f"{name}.{buf}"] = t.detach().cpu().contiguous()
+    for layer_name, layer in model.named_modules():
+        if not is_quantized(layer):
+            continue
+        entry = {"class": type(layer).__name__, "config": layer.artifact_config()}
+        for qname, q in layer.named_modules():
+            if isinstance(q, TensorQuantizer):
+                if not q.calibrated:
+                    raise TrtqError(f"quantizer {layer_name}.{qname} has no scales yet: calibrate before saving")
+                entry[qname] = q.scheme.to_dict()
+        # Every buffer of a quantized layer is trtq state (scales, learned transform scales, rotations...).
+        for bname, buf in layer.named_buffers():
+            tensors[f"{layer_name}.{bname}"] = buf.detach().cpu().contiguous()
+        layers[layer_name] = entry
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": "trtq-artifact",
@@ -149,27 +154,39 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
     recipe = Recipe.from_dict(manifest["recipe"])
     originals = prepare(model, recipe)
     try:
-        _load_scales(model, tensors, path)
+        _load_scales(model, manifest["layers"], tensors, path)
     except BaseException:
         restore(model, originals)
         raise
     return model
 
 
-def _load_scales(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    expected = set()
+def _load_scales(model: nn.Module, layers: dict, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    quantized = {n: m for n, m in model.named_modules() if is_quantized(m)}
+    if set(quantized) != set(layers):
+        diff = sorted(set(quantized) ^ set(layers))
+        raise TrtqError(f"artifact {path} and its recipe disagree on which layers are quantized: {diff[:3]}")
+    for name, layer in quantized.items():
+        entry = layers[name]
+        layer.load_artifact_config(entry.get("config", {}))
+        for qname, q in list(layer.named_modules()):
+            if isinstance(q, TensorQuantizer) and qname in entry:
+                scheme = QuantScheme.from_dict(entry[qname])
+                if scheme != q.scheme:  # a method chose this layer's scheme from data (e.g. its FP4 format)
+                    layer.set_submodule(qname, TensorQuantizer(scheme, q.role))
+    owners = {}
+    for name, layer in quantized.items():
+        for mname, mod in layer.named_modules():
+            for bname in mod._buffers:
+                owners[f"{name}.{mname}.{bname}" if mname else f"{name}.{bname}"] = (mod, bname)
+    unknown = sorted(set(tensors) - set(owners))
+    if unknown:
+        raise TrtqError(f"artifact {path} has tensors this model has no place for: {unknown[:3]}")
+    for key, tensor in tensors.items():
+        mod, bname = owners[key]
+        setattr(mod, bname, tensor)
     for name, q in quantizers(model):
-        for buf in ("scale", "zero_point"):
-            key = f"{name}.{buf}"
-            needed = not q.scheme.dynamic and (buf == "scale" or not q.scheme.symmetric)
-            if not needed:
-                continue
-            expected.add(key)
-            if key not in tensors:
-                raise TrtqError(f"artifact {path} lacks {key}")
-            setattr(q, buf, tensors[key])
         q.observer = None
+        if not q.calibrated:
+            raise TrtqError(f"artifact {path} lacks {name}.scale")
         q.mode = "quantize"
-    extra = set(tensors) - expected
-    if extra:
-        raise TrtqError(f"artifact {path} has scales for layers this model does not quantize: {sorted(extra)[:3]}")

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from trtq.errors import TrtqError
-from trtq.nn import QUANT_MODULES, quantizers
-from trtq.nn.modules import _QuantMixin
+from trtq.methods import METHODS
+from trtq.nn import QUANTIZABLE, is_quantized, quantizers
 from trtq.recipes import Recipe, get_recipe
 
 CalibLoop = Callable[[nn.Module], None]
@@ -31,16 +31,17 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 def prepare(model: nn.Module, recipe: str | Path | Recipe) -> dict[str, nn.Module]:
     """Swap matched layers for quantized ones (no calibration). Returns {name: the float layer it replaced}."""
     recipe = get_recipe(recipe)
-    if any(isinstance(m, _QuantMixin) for m in model.modules()):
+    if any(is_quantized(m) for m in model.modules()):
         raise TrtqError("this model is already quantized; start again from the float model")
     swapped = {}
     for name, module in list(model.named_modules()):
-        qcls = QUANT_MODULES.get(type(module))
-        rule = recipe.rule_for(name, module) if qcls is not None else None
+        # Exact types only: a subclass of Conv2d/Linear may compute something else in its forward.
+        rule = recipe.rule_for(name, module) if type(module) in QUANTIZABLE else None
         if rule is None:
             continue
         try:
-            _set_submodule(model, name, qcls.from_float(module, rule.weight, rule.input))
+            qcls = rule.quantized_class(module)
+            _set_submodule(model, name, qcls.from_float(module, rule.weight, rule.input, **rule.layer_args))
         except TrtqError as e:
             restore(model, swapped)
             raise TrtqError(f"layer {name}: {e}") from None
@@ -60,8 +61,10 @@ def restore(model: nn.Module, originals: dict[str, nn.Module]) -> None:
 
 
 def calibrate(model: nn.Module, calib_loop: CalibLoop) -> None:
-    """Run the user's loop with static activation quantizers observing, then fix their scales."""
-    pending = {n: q for n, q in quantizers(model) if q.role == "input" and not q.scheme.dynamic}
+    """Run the user's loop with the uncalibrated static quantizers observing, then fix their scales."""
+    pending = {n: q for n, q in quantizers(model) if not q.calibrated}
+    if not pending:
+        return
     for q in pending.values():
         q.set_mode("calibrate")
     with torch.no_grad():
@@ -86,10 +89,12 @@ def quantize(model: nn.Module, recipe: str | Path | Recipe, calib_loop: CalibLoo
     if recipe.needs_calibration and calib_loop is None:
         raise TrtqError(f"recipe {recipe.name!r} has static activation scales: pass calib_loop")
     originals = prepare(model, recipe)
-    if recipe.needs_calibration:
-        try:
+    try:
+        if recipe.method is not None:
+            METHODS[recipe.method](model, recipe, calib_loop)
+        if recipe.needs_calibration:
             calibrate(model, calib_loop)
-        except BaseException:
-            restore(model, originals)  # nothing half-quantized is left behind
-            raise
+    except BaseException:
+        restore(model, originals)  # nothing half-quantized is left behind
+        raise
     return model

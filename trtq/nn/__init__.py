@@ -1,4 +1,13 @@
-from trtq.nn.modules import QUANT_MODULES, QuantConv2d, QuantLinear, quantizers
+from trtq.nn.modules import (
+    LAYER_KINDS,
+    QUANTIZABLE,
+    QuantConv2d,
+    QuantLinear,
+    is_quantized,
+    quantizers,
+    register_layer_kind,
+)
 from trtq.nn.tensor_quantizer import TensorQuantizer
 
-__all__ = ["QUANT_MODULES", "QuantConv2d", "QuantLinear", "TensorQuantizer", "quantizers"]
+__all__ = ["LAYER_KINDS", "QUANTIZABLE", "QuantConv2d", "QuantLinear", "TensorQuantizer", "is_quantized",
+           "quantizers", "register_layer_kind"]

@@ -12,16 +12,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trtq.errors import TrtqError
 from trtq.nn.tensor_quantizer import TensorQuantizer
 from trtq.scheme import QuantScheme
 
 
 class _QuantMixin:
+    """What every quantized layer kind shares. A kind (see LAYER_KINDS) overrides `check_args`/`supports` to
+    take layer_args, and `artifact_config`/`load_artifact_config` for per-layer choices its artifact must keep
+    (its tensors travel as registered buffers, saved and restored generically)."""
+
     input_quantizer: TensorQuantizer | None
     weight_quantizer: TensorQuantizer | None
 
     @classmethod
-    def from_float(cls, module: nn.Module, weight: QuantScheme | None, input: QuantScheme | None):
+    def check_args(cls, weight: QuantScheme | None, input: QuantScheme | None, **layer_args) -> None:
+        """Reject bad recipe options when the recipe is built, not when a model is quantized."""
+        if layer_args:
+            raise TrtqError(f"{cls.__name__} takes no layer_args, got {sorted(layer_args)}")
+
+    @classmethod
+    def supports(cls, module: nn.Module, **layer_args) -> bool:
+        return True
+
+    def artifact_config(self) -> dict:
+        return {}
+
+    def load_artifact_config(self, config: dict) -> None:
+        if config:
+            raise TrtqError(f"{type(self).__name__} keeps no per-layer config, artifact has {sorted(config)}")
+
+    @classmethod
+    def from_float(cls, module: nn.Module, weight: QuantScheme | None, input: QuantScheme | None, **layer_args):
         q = cls.__new__(cls)
         q.__dict__ = dict(module.__dict__)
         q._parameters = dict(module._parameters)
@@ -62,7 +84,17 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
-QUANT_MODULES: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+# Quantized layer kinds, by the float layer's class name. Methods register theirs (e.g. "winograd").
+LAYER_KINDS: dict[str, dict[str, type]] = {"fake": {"Conv2d": QuantConv2d, "Linear": QuantLinear}}
+QUANTIZABLE = (nn.Conv2d, nn.Linear)
+
+
+def register_layer_kind(name: str, classes: dict[str, type]) -> None:
+    LAYER_KINDS[name] = classes
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return isinstance(module, _QuantMixin)
 
 
 def quantizers(model: nn.Module):

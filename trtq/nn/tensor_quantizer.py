@@ -43,7 +43,9 @@ class TensorQuantizer(nn.Module):
 
     @property
     def calibrated(self) -> bool:
-        return self.scheme.dynamic or self.scale is not None
+        if self.scheme.dynamic:
+            return True
+        return self.scale is not None and (self.scheme.symmetric or self.zero_point is not None)
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:

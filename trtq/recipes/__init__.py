@@ -32,20 +32,45 @@ def _take(data: dict, allowed: set[str], what: str) -> dict:
 
 @dataclass(frozen=True)
 class LayerRule:
+    """Layers whose name matches `pattern` and whose type is in `types` become `layer`-kind quantized layers
+    (see `trtq.nn.LAYER_KINDS`: "fake" = QuantConv2d/QuantLinear) built with `layer_args`. A layer the kind
+    does not support (e.g. a strided conv for "winograd") does not match, so the next rule decides it."""
+
     pattern: str = "*"
     types: tuple[str, ...] = LAYER_TYPES
     weight: QuantScheme | None = None
     input: QuantScheme | None = None
+    layer: str = "fake"
+    layer_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from trtq.nn import LAYER_KINDS
+
         bad = set(self.types) - set(LAYER_TYPES)
         if bad or not self.types:
             raise TrtqError(f"rule types must be a non-empty subset of {LAYER_TYPES}, got {list(self.types)}")
         if self.weight is None and self.input is None:
             raise TrtqError(f"rule {self.pattern!r} quantizes nothing; use keep_float to leave layers in float")
+        if self.layer not in LAYER_KINDS:
+            raise TrtqError(f"unknown layer kind {self.layer!r}; known: {', '.join(LAYER_KINDS)}")
+        for t in self.types:
+            qcls = LAYER_KINDS[self.layer].get(t)
+            if qcls is None:
+                raise TrtqError(f"layer kind {self.layer!r} has no quantized {t}")
+            qcls.check_args(self.weight, self.input, **self.layer_args)
+
+    def quantized_class(self, module):
+        from trtq.nn import LAYER_KINDS
+
+        return LAYER_KINDS[self.layer].get(type(module).__name__)
 
     def matches(self, name: str, module) -> bool:
-        return type(module).__name__ in self.types and fnmatchcase(name, self.pattern)
+        if type(module).__name__ not in self.types or not fnmatchcase(name, self.pattern):
+            return False
+        return self.quantized_class(module).supports(module, **self.layer_args)
+
+    def __hash__(self) -> int:  # layer_args is a dict; rules are compared by value
+        return hash((self.pattern, self.types, self.weight, self.input, self.layer))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"pattern": self.pattern, "types": list(self.types)}
@@ -53,14 +78,19 @@ class LayerRule:
             d["weight"] = self.weight.to_dict()
         if self.input is not None:
             d["input"] = self.input.to_dict()
+        if self.layer != "fake":
+            d["layer"] = self.layer
+        if self.layer_args:
+            d["layer_args"] = dict(self.layer_args)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerRule:
-        _take(data, {"pattern", "types", "weight", "input"}, "rule")
+        _take(data, {"pattern", "types", "weight", "input", "layer", "layer_args"}, "rule")
         scheme = lambda k: QuantScheme.from_dict(data[k]) if data.get(k) is not None else None  # noqa: E731
         return cls(pattern=data.get("pattern", "*"), types=tuple(data.get("types", LAYER_TYPES)),
-                   weight=scheme("weight"), input=scheme("input"))
+                   weight=scheme("weight"), input=scheme("input"), layer=data.get("layer", "fake"),
+                   layer_args=dict(data.get("layer_args") or {}))
 
 
 @dataclass(frozen=True)
@@ -73,10 +103,17 @@ class Recipe:
     method_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from trtq.methods import METHODS
+
         if not self.name:
             raise TrtqError("a recipe needs a name")
         if not self.rules:
             raise TrtqError(f"recipe {self.name!r} has no rules")
+        if self.method is not None and self.method not in METHODS:
+            raise TrtqError(f"unknown method {self.method!r}; known: {', '.join(METHODS) or 'none'}")
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.rules, self.keep_float, self.method))
 
     def rule_for(self, name: str, module) -> LayerRule | None:
         """The rule that quantizes this layer, or None to keep it in float."""

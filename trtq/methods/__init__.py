@@ -1,0 +1,20 @@
+"""Quantization methods: procedures that run after a recipe's layers are swapped in, before calibration.
+
+A method is a function `method(model, recipe, calib_loop)` registered under the name a recipe's `method:`
+field uses. It may learn or search parameters (transform scales, clipping ranges, formats, rotations) and
+store them in the quantized layers as buffers / per-layer config, which is what artifacts save.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+METHODS: dict[str, Callable] = {}
+
+
+def register_method(name: str):
+    def deco(fn: Callable) -> Callable:
+        METHODS[name] = fn
+        return fn
+
+    return deco
