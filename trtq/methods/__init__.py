@@ -18,3 +18,23 @@ def register_method(name: str):
         return fn
 
     return deco
+
+
+# The built-in methods register themselves (and their layer kinds) on import. They may import trtq.nn,
+# trtq.quantizer, trtq.formats, trtq.scheme, trtq.observers, trtq.ops and this module, never trtq.quantize
+# or the top-level package (which import this module).
+BUILTIN_METHODS = ("trtq.methods.winograd", "trtq.methods.hqdit")
+
+
+def _load_builtin_methods() -> None:
+    import importlib
+
+    for module in BUILTIN_METHODS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+
+
+_load_builtin_methods()

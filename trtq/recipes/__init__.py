@@ -44,6 +44,7 @@ class LayerRule:
     layer_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        import trtq.methods  # noqa: F401  (registers the built-in layer kinds)
         from trtq.nn import LAYER_KINDS
 
         bad = set(self.types) - set(LAYER_TYPES)
