@@ -88,6 +88,13 @@ class DigitsModel:
     path: Path | None = None
     training: dict = field(default_factory=dict)  # provenance from trtq_model.json (empty when untrained)
 
+    def to(self, device: str | torch.device) -> DigitsModel:
+        """Move the denoiser and the label encoder (in place), like nn.Module.to."""
+        self.denoiser.to(device)
+        if self.label_encoder is not None:
+            self.label_encoder.to(device)
+        return self
+
     def null_labels(self, n: int) -> Tensor:
         return torch.full((n,), self.num_classes, dtype=torch.int64)
 
