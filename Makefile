@@ -7,12 +7,15 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= out
 
-.PHONY: install demo test train-zoo eval clean help
+.PHONY: install demo test train-zoo table-winograd table-hqdit gpu-check clean help
 
 help:
 	@echo "make demo       quantize the zoo models, sample FP vs quantized, write $(OUT)/demo/report.md + grid.png"
 	@echo "make test       run the test suite (GPU/TensorRT tests skip with a reason on machines without them)"
 	@echo "make train-zoo  retrain the embedded digits models (seeded; uses CUDA when present)"
+	@echo "make table-winograd  docs/winograd.md: Winograd W8A8 ablations on digits-unet"
+	@echo "make table-hqdit     docs/hqdit.md: FP4 W4A4 / HQ-DiT ablations on digits-dit and digits-unet"
+	@echo "make gpu-check  the tests that need a CUDA GPU (pytest -m gpu)"
 	@echo "make install    create $(VENV) with trtq and its dependencies"
 
 install: $(STAMP)
@@ -32,6 +35,15 @@ test: $(STAMP)
 
 train-zoo: $(STAMP)
 	$(PY) -m trtq.zoo.train --out trtq/zoo/weights
+
+table-winograd: $(STAMP)
+	$(PY) -m trtq.eval.tables.winograd --out docs/winograd.md
+
+table-hqdit: $(STAMP)
+	$(PY) -m trtq.eval.tables.hqdit --out docs/hqdit.md
+
+gpu-check: $(STAMP)
+	$(PY) -m pytest -q -m gpu
 
 clean:
 	rm -rf $(OUT) .pytest_cache

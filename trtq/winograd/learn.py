@@ -1,0 +1,78 @@
+"""Data-free learning of the diagonal Winograd transform scales S_B, S_G (S_A follows from them).
+
+Each step draws Gaussian inputs for a few randomly chosen layers, runs their real weights through the
+differentiable fake-quant Winograd conv and through the exact conv, and lowers the mean of
+||Y_q - Y||^2 / ||Y||^2 (1 / SQNR) with Adam on log-scales (log keeps the scales positive and makes a step
+multiplicative, the natural unit for a range). Bias is left out: it is added exactly in both.
+Static-input layers learn with dynamic scales of the same granularity (their calibration comes after).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from trtq.winograd.layer import WinogradQuantConv2d
+from trtq.winograd.quant import fake_quant_winograd_conv
+
+INPUT_SIZE = 24  # divisible by every tile size: the Gaussian batches have no partial tiles
+BATCH = 4
+
+
+def relative_error(layer: WinogradQuantConv2d, x: torch.Tensor, s_b: torch.Tensor, s_g: torch.Tensor):
+    """||Y_q - Y||^2 / ||Y||^2 of the layer's fake-quant Winograd conv on x (bias excluded)."""
+    w = layer.weight.detach().float()
+    y = F.conv2d(x, w, None, padding=layer.pad)
+    yq = fake_quant_winograd_conv(x, w, None, s_b, s_g, layer.tile, layer.pad, layer.group_size, layer.granularity)
+    return ((yq - y) ** 2).sum() / (y**2).sum().clamp_min(1e-30)
+
+
+def sqnr_db(y_q: torch.Tensor, y: torch.Tensor) -> float:
+    noise = ((y_q.double() - y.double()) ** 2).sum().item()
+    return math.inf if noise == 0 else 10 * math.log10(((y.double() ** 2).sum().item()) / noise)
+
+
+def learn_transform_scales(layers: dict[str, WinogradQuantConv2d], steps: int = 300, lr: float = 0.05,
+                           layers_per_step: int = 2, shared: bool = True, seed: int = 0,
+                           progress: bool = True) -> dict:
+    """Learn S_B, S_G for `layers` and write them into each layer's `s_b`/`s_g` buffers.
+
+    shared: one pair per tile size for all layers (the method's default), else one pair per layer.
+    Returns {"seconds", "loss_first", "loss_last"} (mean loss of the first/last 10% of steps)."""
+    if not layers:
+        return {"seconds": 0.0, "loss_first": None, "loss_last": None}
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    names = sorted(layers)
+    key = (lambda n: layers[n].tile) if shared else (lambda n: n)
+    logs: dict = {}
+    for n in names:
+        if key(n) not in logs:  # start from the layer's current scales (ones = standard transforms)
+            logs[key(n)] = [layers[n].s_b.detach().float().log().requires_grad_(),
+                            layers[n].s_g.detach().float().log().requires_grad_()]
+    opt = torch.optim.Adam([p for pair in logs.values() for p in pair], lr=lr)
+    history = []
+    for _ in tqdm(range(steps), desc="winograd scales", disable=not progress, leave=False):
+        picked = torch.randperm(len(names), generator=gen)[: max(1, layers_per_step)].tolist()
+        loss = 0.0
+        for i in picked:
+            layer = layers[names[i]]
+            x = torch.randn(BATCH, layer.in_channels, INPUT_SIZE, INPUT_SIZE, generator=gen)
+            lb, lg = logs[key(names[i])]
+            loss = loss + relative_error(layer, x.to(lb.device), lb.exp(), lg.exp()) / len(picked)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    with torch.no_grad():
+        for n in names:
+            lb, lg = logs[key(n)]
+            layers[n].s_b.copy_(lb.exp())
+            layers[n].s_g.copy_(lg.exp())
+    tail = max(1, steps // 10)
+    return {"seconds": round(time.perf_counter() - start, 3), "loss_first": sum(history[:tail]) / tail,
+            "loss_last": sum(history[-tail:]) / tail}
