@@ -72,7 +72,7 @@ def cmd_eval(args) -> None:
 
     spec = QuantSpec(recipe=args.recipe, artifact=args.artifact)
     cfg = SamplingConfig(samples=args.samples, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
-                         calib_samples=args.calib_samples, progress=not args.quiet)
+                         calib_samples=args.calib_samples, progress=not args.quiet, device=args.device)
     if args.json and Path(args.json).is_dir():
         raise TrtqError(f"--json {args.json} is a directory")
     result = evaluate(args.model, spec, cfg)
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", default="ddim", choices=["ddim", "dpmpp"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", help="also write the metrics to this file")
+    s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (sampling and quantization; default cpu)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     sampling_args(s)
     s.set_defaults(func=cmd_eval)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from trtq.errors import TrtqError
-from trtq.formats import FloatFormat, IntFormat, pack_4bit, unpack_4bit
+from trtq.formats import FloatFormat, IntFormat, get_format, pack_4bit, unpack_4bit
 from trtq.scheme import QuantScheme
 
 
@@ -89,7 +89,10 @@ def qparams_from_range(amin: torch.Tensor, amax: torch.Tensor, scheme: QuantSche
         bound = torch.maximum(amin.abs(), amax.abs())
         scale = bound / fmt.max_value
         # An all-zero tensor quantizes exactly with any scale; 1 avoids 0/0.
-        return torch.where(bound > 0, scale, torch.ones_like(scale)), None
+        scale = torch.where(bound > 0, scale, torch.ones_like(scale))
+        if scheme.scale_format is not None:
+            scale = double_quantize_scale(scale, scheme.scale_format)[2]
+        return scale, None
     levels = 2**fmt.bits - 1
     lo = torch.clamp(amin, max=0.0)  # zero must be exactly representable (padding, ReLU zeros)
     hi = torch.clamp(amax, min=0.0)
@@ -97,6 +100,23 @@ def qparams_from_range(amin: torch.Tensor, amax: torch.Tensor, scheme: QuantSche
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero_point = torch.round(-lo / scale).clamp(0, levels)
     return scale, zero_point
+
+
+def double_quantize_scale(scale: torch.Tensor, scale_format: str):
+    """Store scales in a small float format times one FP32 per-tensor scale (NVFP4's "double quant").
+
+    The tensor scale maps the largest scale onto the format's maximum (448 for E4M3); scales that would
+    underflow to zero are held at the smallest positive value, so no group divides by zero.
+    Returns (codes uint8, tensor_scale 0-d fp32, the dequantized scales codes * tensor_scale).
+    """
+    fmt = get_format(scale_format)
+    scale = scale.float()
+    top = scale.max()
+    tensor_scale = torch.where(top > 0, top / fmt.max_value, torch.ones_like(top))
+    smallest = float(fmt.grid()[fmt.grid() > 0][0])
+    values = fmt.round(scale / tensor_scale).clamp(min=smallest)
+    codes = fmt.encode(values.cpu()).to(values.device)  # encode() looks codes up in a CPU table
+    return codes, tensor_scale, values * tensor_scale
 
 
 def _round_ste(v: torch.Tensor, fmt, asymmetric: bool) -> torch.Tensor:

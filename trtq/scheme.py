@@ -16,6 +16,7 @@ from trtq.formats import Format, get_format
 
 GRANULARITIES = ("tensor", "channel", "group")
 OBSERVERS = ("minmax", "percentile", "mse")
+SCALE_FORMATS = ("fp8_e4m3",)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class QuantScheme:
     dynamic: bool = False
     observer: str = "minmax"
     percentile: float | None = None
+    # Number format of the scales themselves. None: FP32 scales. "fp8_e4m3": each scale is stored as FP8
+    # times one FP32 scale per tensor ("double quant"; with fp4_e2m1 and group_size 16 this is NVFP4).
+    scale_format: str | None = None
 
     def __post_init__(self) -> None:
         fmt = get_format(self.format)
@@ -56,6 +60,14 @@ class QuantScheme:
                 raise TrtqError(f"observer 'percentile' needs percentile in (50, 100], got {self.percentile!r}")
         elif self.percentile is not None:
             raise TrtqError("percentile is only meaningful with observer 'percentile'")
+        if self.scale_format is not None:
+            if self.scale_format not in SCALE_FORMATS:
+                raise TrtqError(f"scale_format must be one of {SCALE_FORMATS} (or absent for FP32), "
+                                f"got {self.scale_format!r}")
+            if self.granularity == "tensor":
+                raise TrtqError("scale_format needs channel or group scales: one per-tensor scale is FP32 already")
+            if not self.symmetric:
+                raise TrtqError("scale_format (FP8 scales) is only defined for symmetric quantization")
 
     @property
     def fmt(self) -> Format:
@@ -79,4 +91,5 @@ class QuantScheme:
              "group": f"group(g={self.group_size}, axis={self.axis})"}[self.granularity]
         mode = "dynamic" if self.dynamic else f"static/{self.observer}"
         sym = "sym" if self.symmetric else "asym"
-        return f"{self.format} {g} {sym} {mode}"
+        scales = f" {self.scale_format}-scales" if self.scale_format else ""
+        return f"{self.format} {g} {sym} {mode}{scales}"

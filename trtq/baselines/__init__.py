@@ -16,6 +16,7 @@ from trtq.errors import TrtqError
 BASELINES = {
     "modelopt-int8": ("INT8_DEFAULT_CFG", "nvidia-modelopt INT8 (weights per channel, activations per tensor, max calib)"),
     "modelopt-fp8": ("FP8_DEFAULT_CFG", "nvidia-modelopt FP8 E4M3 (per tensor, max calib)"),
+    "modelopt-nvfp4": ("NVFP4_DEFAULT_CFG", "nvidia-modelopt NVFP4 W4A4 (E2M1, g=16, FP8 scales; needs CUDA)"),
 }
 
 

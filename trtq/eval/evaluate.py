@@ -37,8 +37,11 @@ class SamplingConfig:
     batch_size: int = 100
     calib_samples: int = 20
     progress: bool = True
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise TrtqError(f"--device {self.device}: no CUDA device is visible to torch on this machine")
         if self.samples < 2:
             raise TrtqError("--samples must be at least 2 (the Fréchet distance needs two samples)")
         if self.steps < 1:
@@ -143,7 +146,7 @@ def evaluate(model_name: str, spec: QuantSpec, cfg: SamplingConfig) -> dict:
     from trtq.zoo import load_classifier, load_digits_images, load_model
 
     spec.check()
-    model = load_model(model_name)
+    model = load_model(model_name).to(cfg.device)
     if spec.artifact is not None:
         check_artifact(spec.artifact, model.denoiser, model.name)  # before minutes of FP sampling
     classifier = load_classifier()
@@ -156,5 +159,6 @@ def evaluate(model_name: str, spec: QuantSpec, cfg: SamplingConfig) -> dict:
         **{k: result[k] for k in ("recipe", "psnr_db", "ssim", "fid", "accuracy")},
         "fp": {"fid": fp["fid"], "accuracy": fp["accuracy"]},
         "sampling": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "device": torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else "cpu",
         "seconds": {"fp_sample": fp["seconds"]["sample"], **result["seconds"]},
     }
