@@ -80,6 +80,16 @@ def expand_scale(scale: torch.Tensor, x: torch.Tensor, scheme: QuantScheme) -> t
 
 
 # --------------------------------------------------------------------------------------- qparams
+def divide(x: torch.Tensor, constant: float) -> torch.Tensor:
+    """x / constant with IEEE division on every device.
+
+    CUDA divides by a Python scalar as a multiplication by its reciprocal, one ulp away from the CPU's
+    result; a scale one ulp off flips INT8 codes that sit on rounding ties, so the same model would quantize
+    differently on CPU and GPU (seen on an H100). Dividing by a 0-d tensor on x's device is exact on both.
+    """
+    return x / torch.full((), constant, dtype=x.dtype, device=x.device)
+
+
 def qparams_from_range(amin: torch.Tensor, amax: torch.Tensor, scheme: QuantScheme):
     """(scale, zero_point) so that [amin, amax] maps onto the format's range. zero_point is None if symmetric."""
     fmt = scheme.fmt
@@ -87,7 +97,7 @@ def qparams_from_range(amin: torch.Tensor, amax: torch.Tensor, scheme: QuantSche
     amax = amax.float()
     if scheme.symmetric:
         bound = torch.maximum(amin.abs(), amax.abs())
-        scale = bound / fmt.max_value
+        scale = divide(bound, fmt.max_value)
         # An all-zero tensor quantizes exactly with any scale; 1 avoids 0/0.
         scale = torch.where(bound > 0, scale, torch.ones_like(scale))
         if scheme.scale_format is not None:
@@ -96,7 +106,7 @@ def qparams_from_range(amin: torch.Tensor, amax: torch.Tensor, scheme: QuantSche
     levels = 2**fmt.bits - 1
     lo = torch.clamp(amin, max=0.0)  # zero must be exactly representable (padding, ReLU zeros)
     hi = torch.clamp(amax, min=0.0)
-    scale = (hi - lo) / levels
+    scale = divide(hi - lo, levels)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero_point = torch.round(-lo / scale).clamp(0, levels)
     return scale, zero_point
@@ -112,7 +122,7 @@ def double_quantize_scale(scale: torch.Tensor, scale_format: str):
     fmt = get_format(scale_format)
     scale = scale.float()
     top = scale.max()
-    tensor_scale = torch.where(top > 0, top / fmt.max_value, torch.ones_like(top))
+    tensor_scale = torch.where(top > 0, divide(top, fmt.max_value), torch.ones_like(top))
     smallest = float(fmt.grid()[fmt.grid() > 0][0])
     values = fmt.round(scale / tensor_scale).clamp(min=smallest)
     codes = fmt.encode(values.cpu()).to(values.device)  # encode() looks codes up in a CPU table

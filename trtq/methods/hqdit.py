@@ -173,7 +173,7 @@ def gptq_fp4(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, fmt: s
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     s = scale.double().repeat_interleave(g, dim=1)
     q = torch.zeros_like(w)
