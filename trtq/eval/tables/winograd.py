@@ -171,7 +171,7 @@ def write_section(path: Path, text: str) -> None:
 def report(args, cfg, fp, results, sqnrs, layers, plot, seconds) -> str:
     cmd = f"python -m trtq.eval.tables.winograd --samples {args.samples} --steps {args.steps} --out {args.out}"
     lines = [
-        "## Table", "",
+        "### Table", "",
         f"`{cmd}` on {platform.machine()} CPU (torch threads: {torch.get_num_threads()}), torch {torch.__version__}, "
         f"{dt.date.today().isoformat()}; {cfg.samples} samples, {cfg.steps} DDIM steps, seed {cfg.seed}, "
         f"calibration {cfg.calib_samples} FP trajectories (seed {CALIB_SEED}). Whole run {seconds / 60:.1f} min.", "",
@@ -182,7 +182,7 @@ def report(args, cfg, fp, results, sqnrs, layers, plot, seconds) -> str:
     for recipe, what, m, tq, learn in results:
         lines.append(f"| {recipe} | {what} | {fmt(m['fid'])} | {fmt(m['psnr_db'])} | {fmt(m['ssim'], 3)} | "
                      f"{fmt(m['accuracy'], 3)} | {tq:.1f} | {fmt(learn, 1) if learn is not None else '-'} |")
-    lines += ["", "## Per-layer SQNR of the Winograd layers (dB, real inputs)", "",
+    lines += ["", "### Per-layer SQNR of the Winograd layers (dB, real inputs)", "",
               f"![per-layer SQNR]({plot.name})", "",
               "| layer | " + " | ".join(SQNR_SERIES) + " |", "|---" * (len(SQNR_SERIES) + 1) + "|"]
     for layer in layers:
