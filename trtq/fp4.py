@@ -11,7 +11,7 @@ import torch
 
 from trtq.errors import TrtqError
 from trtq.formats import FloatFormat, get_format
-from trtq.quantizer import divide, double_quantize_scale
+from trtq.quantizer import symmetric_scale
 
 FP4_FORMATS = ("fp4_e2m1", "fp4_e3m0", "fp4_e1m2")
 ACT_FORMATS = FP4_FORMATS + ("fp8_e4m3",)
@@ -32,11 +32,8 @@ def group_amax(x: torch.Tensor, g: int) -> torch.Tensor:
 
 def scales_from_amax(amax: torch.Tensor, fmt_name: str, scale_format: str | None = None) -> torch.Tensor:
     """Scales mapping each group's |max| onto the format's largest value (FP8-rounded if scale_format)."""
-    scale = divide(amax.float(), get_format(fmt_name).max_value)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    if scale_format not in (None, FP32_SCALES):
-        scale = double_quantize_scale(scale, scale_format)[2]
-    return scale
+    fmt_scales = None if scale_format in (None, FP32_SCALES) else scale_format
+    return symmetric_scale(amax.float(), get_format(fmt_name).max_value, fmt_scales)
 
 
 def quantize_groups(x: torch.Tensor, scale: torch.Tensor, fmt_name: str, g: int) -> torch.Tensor:

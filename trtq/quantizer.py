@@ -96,13 +96,7 @@ def qparams_from_range(amin: torch.Tensor, amax: torch.Tensor, scheme: QuantSche
     amin = amin.float()
     amax = amax.float()
     if scheme.symmetric:
-        bound = torch.maximum(amin.abs(), amax.abs())
-        scale = divide(bound, fmt.max_value)
-        # An all-zero tensor quantizes exactly with any scale; 1 avoids 0/0.
-        scale = torch.where(bound > 0, scale, torch.ones_like(scale))
-        if scheme.scale_format is not None:
-            scale = double_quantize_scale(scale, scheme.scale_format)[2]
-        return scale, None
+        return symmetric_scale(torch.maximum(amin.abs(), amax.abs()), fmt.max_value, scheme.scale_format), None
     levels = 2**fmt.bits - 1
     lo = torch.clamp(amin, max=0.0)  # zero must be exactly representable (padding, ReLU zeros)
     hi = torch.clamp(amax, min=0.0)
@@ -127,6 +121,15 @@ def double_quantize_scale(scale: torch.Tensor, scale_format: str):
     values = fmt.round(scale / tensor_scale).clamp(min=smallest)
     codes = fmt.encode(values.cpu()).to(values.device)  # encode() looks codes up in a CPU table
     return codes, tensor_scale, values * tensor_scale
+
+
+def symmetric_scale(bound: torch.Tensor, max_value: float, scale_format: str | None = None) -> torch.Tensor:
+    """The scale that maps |x| <= bound onto [-max_value, max_value] (FP8-rounded with a scale_format)."""
+    # An all-zero tensor quantizes exactly with any scale; 1 avoids 0/0.
+    scale = torch.where(bound > 0, divide(bound, max_value), torch.ones_like(bound))
+    if scale_format is not None:
+        scale = double_quantize_scale(scale, scale_format)[2]
+    return scale
 
 
 def _round_ste(v: torch.Tensor, fmt, asymmetric: bool) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from trtq.errors import TrtqError
-from trtq.quantizer import divide, fake_quantize
+from trtq.quantizer import fake_quantize, symmetric_scale
 from trtq.scheme import QuantScheme
 from trtq.winograd.conv import transform_input, transform_output, transform_weight
 from trtq.winograd.transforms import scaled_matrices
@@ -35,7 +35,7 @@ def _check(granularity: str, channels: int, group_size: int) -> int:
 
 
 def _amax_to_scale(amax: torch.Tensor) -> torch.Tensor:
-    return torch.where(amax > 0, divide(amax, QMAX), torch.ones_like(amax))
+    return symmetric_scale(amax, QMAX)
 
 
 def act_scales(v: torch.Tensor, group_size: int, granularity: str) -> torch.Tensor:
