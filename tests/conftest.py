@@ -2,9 +2,16 @@
 Marked tests are skipped with the reason, never silently passed."""
 
 import importlib.util
+import os
 
-import pytest
 import torch
+
+# Without a GPU, Triton kernels run in Triton's CPU interpreter. It is chosen when a kernel is decorated, so
+# it must be set before any trtq kernel module is imported (collection imports the test modules after this).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
