@@ -2,7 +2,8 @@
 
 Groups run along the input channels (the GEMM reduction axis K), so every INT8 GEMM accumulates one group in
 INT32 and is dequantized with one weight scale and one activation scale. Granularities:
-- "tensor":         one scale for the whole transformed tensor (weights: per layer; inputs: per call/static);
+- "tensor":         one scale for the whole transformed tensor (weights: per layer; inputs: per image when
+                    dynamic, so an image's result never depends on the other images of its batch; or static);
 - "group":          one scale per channel group shared by the n x n positions of a tile (inputs: per tile;
                     weights: per output channel);
 - "position-group": one scale per (position, channel group), i.e. every GEMM has its own scales.
@@ -18,7 +19,7 @@ import torch
 from trtq.errors import TrtqError
 from trtq.quantizer import fake_quantize, symmetric_scale
 from trtq.scheme import QuantScheme
-from trtq.winograd.conv import transform_input, transform_output, transform_weight
+from trtq.winograd.conv import TileGrid, transform_input, transform_output, transform_weight
 from trtq.winograd.transforms import scaled_matrices
 
 GRANULARITIES = ("tensor", "group", "position-group")
@@ -38,15 +39,24 @@ def _amax_to_scale(amax: torch.Tensor) -> torch.Tensor:
     return symmetric_scale(amax, QMAX)
 
 
-def act_scales(v: torch.Tensor, group_size: int, granularity: str) -> torch.Tensor:
-    """Dynamic scales of the transformed input v [n, n, C, P], broadcastable to [n, n, G, g, P]."""
+def _signed_amax(a: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    # max(-min, max) rather than abs().amax(): no full-size temporary (this runs on every conv call)
+    return torch.maximum(-a.amin(dim=dims, keepdim=True), a.amax(dim=dims, keepdim=True))
+
+
+def act_scales(v: torch.Tensor, group_size: int, granularity: str, grid: TileGrid) -> torch.Tensor:
+    """Dynamic scales of the transformed input v [n, n, C, P], broadcastable to [n, n, G, g, P].
+
+    "tensor": one scale per image (never per call: an image's result must not depend on the other images of
+    its batch); "group": one per (tile, channel group); "position-group": one per (tile, position, group).
+    Each is amax / 127 by IEEE division, or 1 where the amax is 0 (an all-zero block quantizes exactly)."""
     n, _, c, p = v.shape
     groups = _check(granularity, c, group_size)
+    if granularity == "tensor":  # P is ordered (tile row, image, tile col), see transform_input
+        amax = _signed_amax(v.reshape(-1, grid.tiles_h, grid.batch, grid.tiles_w), (0, 1, 3))
+        return _amax_to_scale(amax).expand(1, grid.tiles_h, grid.batch, grid.tiles_w).reshape(1, 1, 1, 1, p)
     a = v.reshape(n, n, groups, group_size, p)
-    dims = (0, 1, 2, 3, 4) if granularity == "tensor" else (0, 1, 3) if granularity == "group" else (3,)
-    # max(-min, max) rather than abs().amax(): no full-size temporary (this runs on every conv call)
-    amax = torch.maximum(-a.amin(dim=dims, keepdim=True), a.amax(dim=dims, keepdim=True))
-    return _amax_to_scale(amax)
+    return _amax_to_scale(_signed_amax(a, (0, 1, 3) if granularity == "group" else (3,)))
 
 
 def weight_scales(u: torch.Tensor, group_size: int, granularity: str) -> torch.Tensor:
@@ -81,7 +91,7 @@ def fake_quant_winograd_conv(x, weight, bias, s_b, s_g, tile: int, padding: tupl
     n, _, cout, cin = u.shape
     groups = cin // group_size
     uq = fake_quantize(u, weight_scales(u, group_size, granularity).repeat_interleave(group_size, dim=3), None, INT8)
-    sa = act_scales(v, group_size, granularity) if act_scale is None else act_scale.reshape(n, n, groups, 1, 1)
+    sa = act_scales(v, group_size, granularity, grid) if act_scale is None else act_scale.reshape(n, n, groups, 1, 1)
     vq = fake_quantize(v.reshape(n, n, groups, group_size, -1), sa, None, INT8).reshape(v.shape)
     y = transform_output(uq @ vq, at, grid)
     return y if bias is None else y + bias[None, :, None, None]
