@@ -18,10 +18,10 @@ Cin = Cout = C, fp16 activations; n = 6 so a tile of m^2 = 16 outputs has n^2 = 
      therefore never leaves the chip. The split mode (GEMM writes M, a second launch of the same kernel
      transforms it) exists for the per-stage timing breakdown and as the fallback a benchmark can pick when a
      layer has too few tiles x channels to fill the GPU with fused programs.
-Both transforms are small dense matrix products on zero-padded Kronecker matrices kron(B^T, B^T)
-[n^2 -> NN] and kron(A^T, A^T) [m^2 -> MM] (NN, MM powers of two), in FP32 (`input_precision="ieee"`:
-TF32 would move INT8 codes). That costs n^4 instead of 2 n^3 FMAs per (tile, channel) but keeps the kernels
-valid for any learned (dense) transform; see docs/kernels-winograd.md for the budget and what to try next.
+The input transform runs separably on CUDA cores in FP32 (2 n^3 FMAs per tile and channel, the n^2 values
+of a (tile, channel) held in registers as a tuple, any dense learned B^T). The output transform adds
+kron(A^T, A^T)[:, position] * M_position per position (m^2 FMAs per position and output, FP32, in registers).
+Neither uses TF32: it would move INT8 codes. See docs/kernels-winograd.md for the budget and what to try next.
 
 Kernels take pointers, int shapes/strides and constexprs only, and their grids are pure functions of shapes
 and the config (`input_grid`, `gemm_grid`), so a TensorRT plugin can compile them ahead of time with
@@ -76,38 +76,60 @@ def _scale_of(amax):
 
 
 @triton.jit
-def _transform_block(x_ptr, kin, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w,
-                     N_SIDE: tl.constexpr, TILE: tl.constexpr, NN: tl.constexpr, BLOCK_T: tl.constexpr,
-                     BLOCK_C: tl.constexpr):
-    """V = kron(B^T, B^T) d for a block of tiles x channels: [NN, BLOCK_T, BLOCK_C] FP32 (rows >= n^2 are 0)."""
-    k = tl.arange(0, NN)
-    h = ty[None, :, None] * TILE - pad_h + (k // N_SIDE)[:, None, None]
-    w = tx[None, :, None] * TILE - pad_w + (k % N_SIDE)[:, None, None]
-    mask = ((k < N_SIDE * N_SIDE)[:, None, None] & t_ok[None, :, None] & c_ok[None, None, :]
-            & (h >= 0) & (h < H) & (w >= 0) & (w < W))  # zero fill: padding and the edge tiles' overhang
-    ptr = x_ptr + b[None, :, None].to(tl.int64) * sxn + c[None, None, :] * sxc + h * sxh + w * sxw
-    d = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
-    v = tl.dot(kin, tl.reshape(d, (NN, BLOCK_T * BLOCK_C)), input_precision="ieee")
-    return tl.reshape(v, (NN, BLOCK_T, BLOCK_C))
+def _transform_block(x_ptr, bt_ptr, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w,
+                     N_SIDE: tl.constexpr, TILE: tl.constexpr):
+    """V = B^T d B for a block of tiles x channels, separably (2 n^3 FMAs per tile and channel, in FP32,
+    summed in index order): a tuple of the n^2 positions (i n + j), each [BLOCK_T, BLOCK_C]."""
+    base = x_ptr + b[:, None].to(tl.int64) * sxn + c[None, :] * sxc
+    ok = t_ok[:, None] & c_ok[None, :]
+    d = ()
+    for i in tl.static_range(N_SIDE):
+        h = ty * TILE - pad_h + i
+        for j in tl.static_range(N_SIDE):
+            w = tx * TILE - pad_w + j
+            inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)  # zero fill: padding and edge-tile overhang
+            d = d + (tl.load(base + (h * sxh + w * sxw)[:, None], mask=ok & inside[:, None], other=0.0)
+                     .to(tl.float32),)
+    coef = ()
+    for q in tl.static_range(N_SIDE * N_SIDE):
+        coef = coef + (tl.load(bt_ptr + q),)
+    u = ()  # u[a n + j] = sum_i B^T[a, i] d[i, j]
+    for a in tl.static_range(N_SIDE):
+        for j in tl.static_range(N_SIDE):
+            s = coef[a * N_SIDE] * d[j]
+            for i in tl.static_range(1, N_SIDE):
+                s += coef[a * N_SIDE + i] * d[i * N_SIDE + j]
+            u = u + (s,)
+    v = ()  # v[a n + e] = sum_j u[a, j] B^T[e, j]
+    for a in tl.static_range(N_SIDE):
+        for e in tl.static_range(N_SIDE):
+            s = coef[e * N_SIDE] * u[a * N_SIDE]
+            for j in tl.static_range(1, N_SIDE):
+                s += coef[e * N_SIDE + j] * u[a * N_SIDE + j]
+            v = v + (s,)
+    return v
+
+
+@triton.jit
+def _quantize(v, s):
+    return _round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(v, s), -128.0), 127.0)).to(tl.int8)
 
 
 @triton.jit
 def winograd_input_kernel(
-    x_ptr, kin_ptr, vq_ptr, sa_out_ptr, scale_in_ptr, amax_ptr,
-    C, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w, tiles_h, tiles_w, P,
-    s_scale_pos, s_scale_g,
-    GROUP_SIZE: tl.constexpr, GROUPS: tl.constexpr, N_SIDE: tl.constexpr, TILE: tl.constexpr, NN: tl.constexpr, SCALE_MODE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr, bt_ptr, vq_ptr, sa_out_ptr, scale_in_ptr, amax_ptr,
+    C, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w, tiles_h, tiles_w, P, s_scale_pos, s_scale_g,
+    GROUP_SIZE: tl.constexpr, GROUPS: tl.constexpr, N_SIDE: tl.constexpr, TILE: tl.constexpr,
+    SCALE_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """x [N, C, H, W] (any strides) -> INT8 codes vq [n^2, P, C] and the scales the GEMM needs.
 
     Program (pid_t, pid_c) owns BLOCK_T tiles and, in the dynamic group modes, the whole channel group
-    pid_c (looping over it in BLOCK_C chunks twice when it is wider than one chunk: amax, then quantize);
+    pid_c (in BLOCK_C chunks; a group wider than one chunk is transformed twice: amax, then quantize);
     otherwise channels [pid_c * BLOCK_C, +BLOCK_C). Tiles are numbered p = (image, tile row, tile col)."""
+    NPOS: tl.constexpr = N_SIDE * N_SIDE
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    k = tl.arange(0, NN)
-    k_ok = k < N_SIDE * N_SIDE
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < P
     tiles = tiles_h * tiles_w
@@ -115,130 +137,134 @@ def winograd_input_kernel(
     ty = (t % tiles) // tiles_w
     tx = t % tiles_w
     cl = tl.arange(0, BLOCK_C)
-    kin = tl.load(kin_ptr + k[:, None] * NN + k[None, :])
-    vq_row = k[:, None, None].to(tl.int64) * P * C + t[None, :, None].to(tl.int64) * C
-    store_ok = k_ok[:, None, None] & t_ok[None, :, None]
+    row = t[:, None].to(tl.int64) * C  # vq[k, t, c] = vq_ptr + k P C + t C + c
+    t_ok2 = t_ok[:, None]
 
     if SCALE_MODE == DYN_GROUP or SCALE_MODE == DYN_POSITION_GROUP:
+        NCH: tl.constexpr = (GROUP_SIZE + BLOCK_C - 1) // BLOCK_C
         c0 = pid_c * GROUP_SIZE
-        if GROUP_SIZE <= BLOCK_C:  # the usual case (GROUPS of 32): transform once
-            c = c0 + cl
-            c_ok = cl < GROUP_SIZE
-            v = _transform_block(x_ptr, kin, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w,
-                                 N_SIDE, TILE, NN, BLOCK_T, BLOCK_C)
-            amax = tl.max(tl.abs(v), axis=2)  # [NN, BLOCK_T]
-        else:
-            amax = tl.zeros((NN, BLOCK_T), dtype=tl.float32)
-            for cc in range(0, GROUP_SIZE, BLOCK_C):
-                c_ok = cc + cl < GROUP_SIZE
-                v = _transform_block(x_ptr, kin, b, ty, tx, t_ok, c0 + cc + cl, c_ok, H, W, sxn, sxc, sxh, sxw,
-                                     pad_h, pad_w, N_SIDE, TILE, NN, BLOCK_T, BLOCK_C)
-                amax = tl.maximum(amax, tl.max(tl.abs(v), axis=2))
-        if SCALE_MODE == DYN_GROUP:
-            s_t = _scale_of(tl.max(amax, axis=0))  # [BLOCK_T]
+        amax = ()  # per position [BLOCK_T]: max |V| over the group's channels
+        for ch in tl.static_range(NCH):
+            c_ok = ch * BLOCK_C + cl < GROUP_SIZE
+            v = _transform_block(x_ptr, bt_ptr, b, ty, tx, t_ok, c0 + ch * BLOCK_C + cl, c_ok, H, W, sxn, sxc,
+                                 sxh, sxw, pad_h, pad_w, N_SIDE, TILE)
+            new = ()
+            for k in tl.static_range(NPOS):
+                mk = tl.max(tl.abs(v[k]), axis=1)
+                if ch > 0:
+                    mk = tl.maximum(amax[k], mk)
+                new = new + (mk,)
+            amax = new
+        scales = ()
+        if SCALE_MODE == DYN_GROUP:  # one scale per (tile, group): the max over the n^2 positions too
+            am = amax[0]
+            for k in tl.static_range(1, NPOS):
+                am = tl.maximum(am, amax[k])
+            s_t = _scale_of(am)
             tl.store(sa_out_ptr + t * GROUPS + pid_c, s_t, mask=t_ok)
-            s = s_t[None, :, None]
+            for k in tl.static_range(NPOS):
+                scales = scales + (s_t,)
         else:
-            s_kt = _scale_of(amax)  # [NN, BLOCK_T]
-            tl.store(sa_out_ptr + (k[:, None] * P + t[None, :]) * GROUPS + pid_c, s_kt,
-                     mask=k_ok[:, None] & t_ok[None, :])
-            s = s_kt[:, :, None]
-        if GROUP_SIZE <= BLOCK_C:
-            q = _round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(v, s), -128.0), 127.0))
-            tl.store(vq_ptr + vq_row + (c0 + cl)[None, None, :], q.to(tl.int8),
-                     mask=store_ok & (cl < GROUP_SIZE)[None, None, :])
-        else:
-            for cc in range(0, GROUP_SIZE, BLOCK_C):
-                c_ok = cc + cl < GROUP_SIZE
-                v = _transform_block(x_ptr, kin, b, ty, tx, t_ok, c0 + cc + cl, c_ok, H, W, sxn, sxc, sxh, sxw,
-                                     pad_h, pad_w, N_SIDE, TILE, NN, BLOCK_T, BLOCK_C)
-                q = _round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(v, s), -128.0), 127.0))
-                tl.store(vq_ptr + vq_row + (c0 + cc + cl)[None, None, :], q.to(tl.int8),
-                         mask=store_ok & c_ok[None, None, :])
+            for k in tl.static_range(NPOS):
+                s_k = _scale_of(amax[k])
+                tl.store(sa_out_ptr + (k * P + t) * GROUPS + pid_c, s_k, mask=t_ok)
+                scales = scales + (s_k,)
+        for ch in tl.static_range(NCH):
+            c_ok = ch * BLOCK_C + cl < GROUP_SIZE
+            c = c0 + ch * BLOCK_C + cl
+            if NCH > 1:
+                v = _transform_block(x_ptr, bt_ptr, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw,
+                                     pad_h, pad_w, N_SIDE, TILE)
+            for k in tl.static_range(NPOS):
+                tl.store(vq_ptr + k * P * C + row + c[None, :], _quantize(v[k], scales[k][:, None]),
+                         mask=t_ok2 & c_ok[None, :])
     else:
         c = pid_c * BLOCK_C + cl
         c_ok = c < C
-        v = _transform_block(x_ptr, kin, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w,
-                             N_SIDE, TILE, NN, BLOCK_T, BLOCK_C)
+        v = _transform_block(x_ptr, bt_ptr, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w,
+                             N_SIDE, TILE)
         if SCALE_MODE == IMAGE_AMAX:
-            part = tl.max(tl.max(tl.abs(v), axis=2), axis=0)  # [BLOCK_T]
-            tl.store(amax_ptr + t * tl.num_programs(1) + pid_c, part, mask=t_ok)
+            am = tl.max(tl.abs(v[0]), axis=1)
+            for k in tl.static_range(1, NPOS):
+                am = tl.maximum(am, tl.max(tl.abs(v[k]), axis=1))
+            tl.store(amax_ptr + t * tl.num_programs(1) + pid_c, am, mask=t_ok)
         else:
             if SCALE_MODE == PER_IMAGE:
                 s_t = tl.load(scale_in_ptr + b, mask=t_ok, other=1.0)
                 tl.store(sa_out_ptr + t, s_t, mask=t_ok & (pid_c == 0))
-                s = s_t[None, :, None]
-            else:  # STATIC: act_scale[position, group of channel c]
-                g = c // GROUP_SIZE
-                s = tl.load(scale_in_ptr + k[:, None, None] * s_scale_pos + g[None, None, :] * s_scale_g,
-                            mask=k_ok[:, None, None] & c_ok[None, None, :], other=1.0)
-            q = _round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(v, s), -128.0), 127.0))
-            tl.store(vq_ptr + vq_row + c[None, None, :], q.to(tl.int8), mask=store_ok & c_ok[None, None, :])
+            g = c // GROUP_SIZE
+            for k in tl.static_range(NPOS):
+                if SCALE_MODE == PER_IMAGE:
+                    s = s_t[:, None]
+                else:  # STATIC: act_scale[position, group of channel c]
+                    s = tl.load(scale_in_ptr + k * s_scale_pos + g * s_scale_g, mask=c_ok, other=1.0)[None, :]
+                tl.store(vq_ptr + k * P * C + row + c[None, :], _quantize(v[k], s), mask=t_ok2 & c_ok[None, :])
 
 
 @triton.jit
 def winograd_gemm_kernel(
     vq_ptr, w_ptr, ws_ptr, sa_ptr, m_ptr, kout_ptr, bias_ptr, y_ptr,
-    P, Cout, Cin, s_sa_pos, s_sa_p, s_sa_g,
-    tiles_h, tiles_w, out_h, out_w, syn, syc, syh, syw,
-    GROUP_SIZE: tl.constexpr, GROUPS: tl.constexpr,
-    N_SIDE: tl.constexpr, TILE: tl.constexpr, MM: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr,
+    P, Cout, Cin, s_sa_pos, s_sa_p, s_sa_g, tiles_h, tiles_w, out_h, out_w, syn, syc, syh, syw,
+    GROUP_SIZE: tl.constexpr, GROUPS: tl.constexpr, N_SIDE: tl.constexpr, TILE: tl.constexpr,
+    MM: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """vq [n^2, P, Cin] int8, w [n^2, Cout, Cin] int8, ws [n^2, Cout, G], act scales (strided) ->
     y [N, Cout, out_h, out_w] (any strides) or M [n^2, P, Cout] FP32, per MODE.
 
-    Program (pid_p, pid_co[, position]) owns BLOCK_P tiles x BLOCK_CO output channels. For each position the
-    INT32 sum of every group is exact (tl.dot on int8); group results are dequantized as
+    Program (pid_co, pid_p[, position]) owns BLOCK_CO output channels x BLOCK_P tiles and computes
+    M^T = W V^T: output channels are the MMA's M side (>= 64 rows is what Hopper's wgmma takes; SD layers
+    have >= 320 channels), tiles its N side (any multiple of 8), both operands K-major as int8 MMAs need.
+    For each position the INT32 sum of every group is exact; group results are dequantized as
     (acc * w_scale) * act_scale and added in group order in FP32, the reference's order. The epilogue adds
     kron(A^T, A^T)[:, position] * M_position into the tiles' m^2 outputs, so M never goes to memory."""
     NPOS: tl.constexpr = N_SIDE * N_SIDE
-    pid_p = tl.program_id(0)
-    pid_co = tl.program_id(1)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    NLOOP: tl.constexpr = 1 if MODE == GEMM_TO_M else NPOS  # writing M: one position per program
+    pid_co = tl.program_id(0)
+    pid_p = tl.program_id(1)
     co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    p_ok = p < P
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     co_ok = co < Cout
+    p_ok = p < P
+    ok2 = co_ok[:, None] & p_ok[None, :]
     kk = tl.arange(0, BLOCK_K)
     a = tl.arange(0, MM)
-    y3 = tl.zeros((MM, BLOCK_P, BLOCK_CO), dtype=tl.float32)
-    NLOOP: tl.constexpr = 1 if MODE == GEMM_TO_M else NPOS  # writing M: one position per program
+    y3 = tl.zeros((MM, BLOCK_CO, BLOCK_P), dtype=tl.float32)
     pos0 = tl.program_id(2)  # 0 unless writing M
     for i in range(NLOOP):
         pos = pos0 + i
-        m_off = (pos * P + p[:, None]).to(tl.int64) * Cout + co[None, :]
+        m_off = (pos * P + p[None, :]).to(tl.int64) * Cout + co[:, None]
         if MODE == M_TO_Y:
-            acc = tl.load(m_ptr + m_off, mask=p_ok[:, None] & co_ok[None, :], other=0.0)
+            acc = tl.load(m_ptr + m_off, mask=ok2, other=0.0)
         else:
-            acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
-            a_row = vq_ptr + (pos * P + p[:, None]).to(tl.int64) * Cin
-            b_col = w_ptr + (pos * Cout + co[None, :]).to(tl.int64) * Cin
+            acc = tl.zeros((BLOCK_CO, BLOCK_P), dtype=tl.float32)
+            w_row = w_ptr + (pos * Cout + co[:, None]).to(tl.int64) * Cin
+            v_col = vq_ptr + (pos * P + p[None, :]).to(tl.int64) * Cin
             for g in range(GROUPS):
-                acc_i = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.int32)
+                acc_i = tl.zeros((BLOCK_CO, BLOCK_P), dtype=tl.int32)
                 for k0 in range(0, GROUP_SIZE, BLOCK_K):
                     k_ok = k0 + kk < GROUP_SIZE
                     cin = g * GROUP_SIZE + k0 + kk
-                    a_blk = tl.load(a_row + cin[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0)
-                    b_blk = tl.load(b_col + cin[:, None], mask=k_ok[:, None] & co_ok[None, :], other=0)
-                    acc_i = tl.dot(a_blk, b_blk, acc_i, out_dtype=tl.int32)
+                    w_blk = tl.load(w_row + cin[None, :], mask=co_ok[:, None] & k_ok[None, :], other=0)
+                    v_blk = tl.load(v_col + cin[:, None], mask=k_ok[:, None] & p_ok[None, :], other=0)
+                    acc_i = tl.dot(w_blk, v_blk, acc_i, out_dtype=tl.int32)
                 ws = tl.load(ws_ptr + (pos * Cout + co) * GROUPS + g, mask=co_ok, other=0.0)
                 sa = tl.load(sa_ptr + pos * s_sa_pos + p * s_sa_p + g * s_sa_g, mask=p_ok, other=0.0)
-                acc += (acc_i.to(tl.float32) * ws[None, :]) * sa[:, None]
+                acc += (acc_i.to(tl.float32) * ws[:, None]) * sa[None, :]
         if MODE == GEMM_TO_M:
-            tl.store(m_ptr + m_off, acc, mask=p_ok[:, None] & co_ok[None, :])
+            tl.store(m_ptr + m_off, acc, mask=ok2)
         else:
             coef = tl.load(kout_ptr + a * NPOS + pos, mask=a < TILE * TILE, other=0.0)  # kron(A^T, A^T)[:, pos]
             y3 += coef[:, None, None] * acc[None, :, :]
     if MODE != GEMM_TO_M:
         if HAS_BIAS:
-            y3 += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, None, :]
+            y3 += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :, None]
         tiles = tiles_h * tiles_w
         b = p // tiles
-        oh = ((p % tiles) // tiles_w * TILE)[None, :, None] + (a // TILE)[:, None, None]
-        ow = (p % tiles_w * TILE)[None, :, None] + (a % TILE)[:, None, None]
-        ok = ((a < TILE * TILE)[:, None, None] & p_ok[None, :, None] & co_ok[None, None, :]
-              & (oh < out_h) & (ow < out_w))  # crop the edge tiles' overhang
-        off = b[None, :, None].to(tl.int64) * syn + co[None, None, :] * syc + oh * syh + ow * syw
+        oh = ((p % tiles) // tiles_w * TILE)[None, None, :] + (a // TILE)[:, None, None]
+        ow = (p % tiles_w * TILE)[None, None, :] + (a % TILE)[:, None, None]
+        ok = ((a < TILE * TILE)[:, None, None] & ok2[None, :, :] & (oh < out_h) & (ow < out_w))  # crop overhang
+        off = b[None, None, :].to(tl.int64) * syn + co[None, :, None] * syc + oh * syh + ow * syw
         tl.store(y_ptr + off, y3.to(y_ptr.dtype.element_ty), mask=ok)
 
 
@@ -253,29 +279,29 @@ def input_grid(P: int, C: int, group_size: int, scale_mode: int, config: dict) -
 
 
 def gemm_grid(P: int, Cout: int, n: int, mode: int, config: dict) -> tuple[int, int, int]:
-    """Grid of winograd_gemm_kernel: tile blocks x output-channel blocks (x positions when writing M)."""
-    return (triton.cdiv(P, config["BLOCK_P"]), triton.cdiv(Cout, config["BLOCK_CO"]), n * n if mode == 1 else 1)
+    """Grid of winograd_gemm_kernel: output-channel blocks x tile blocks (x positions when writing M)."""
+    return (triton.cdiv(Cout, config["BLOCK_CO"]), triton.cdiv(P, config["BLOCK_P"]), n * n if mode == 1 else 1)
 
 
 def _input_configs():
+    """The transform holds 3 x n^2 values per (tile, channel) of the block in registers: blocks of 128-512."""
     if INTERPRET:
-        return [triton.Config({"BLOCK_T": 4}, num_warps=1)]
-    return [triton.Config({"BLOCK_T": bt}, num_warps=w) for bt, w in ((4, 4), (8, 4), (8, 8), (16, 8))]
+        return [triton.Config({"BLOCK_T": 16}, num_warps=1)]  # few programs: the interpreter pays per op
+    return [triton.Config({"BLOCK_T": bt}, num_warps=w) for bt, w in ((4, 4), (8, 4), (16, 8))]
 
 
 def _gemm_configs():
+    """BLOCK_CO >= 64: the M side of Hopper's wgmma. Small BLOCK_P keeps the fused epilogue in registers."""
     if INTERPRET:
-        return [triton.Config({"BLOCK_P": 16, "BLOCK_CO": 16}, num_warps=1)]
-    shapes = ((16, 32, 4), (16, 64, 4), (32, 64, 8), (64, 64, 8), (32, 128, 8), (64, 128, 8))
-    return [triton.Config({"BLOCK_P": bp, "BLOCK_CO": bco}, num_warps=w, num_stages=s)
-            for bp, bco, w in shapes for s in (2, 3)]
+        return [triton.Config({"BLOCK_CO": 16, "BLOCK_P": 16}, num_warps=1)]
+    shapes = ((64, 16, 4), (64, 32, 4), (128, 16, 8), (128, 32, 8), (64, 64, 4), (128, 64, 8), (128, 128, 8))
+    return [triton.Config({"BLOCK_CO": bco, "BLOCK_P": bp}, num_warps=w, num_stages=3) for bco, bp, w in shapes]
 
 
 def _prune_gemm_configs(configs, named_args, **kwargs):
-    """The epilogue holds MM x BLOCK_P x BLOCK_CO FP32 accumulators: keep them <= 128 registers a thread."""
-    mm = kwargs["MM"] if "MM" in kwargs else named_args["MM"]
-    if kwargs.get("MODE", named_args.get("MODE")) == 1:
-        mm = 1
+    """The fused epilogue holds MM x BLOCK_CO x BLOCK_P FP32 accumulators: keep them <= 128 registers a
+    thread (the smallest block when none fits, F(6,3): that is why F(6,3) defaults to the split path)."""
+    mm = 1 if kwargs["MODE"] == 1 else kwargs["MM"]
     kept = [c for c in configs if mm * c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_CO"] <= 128 * 32 * c.num_warps]
     return kept or configs[:1]
 
@@ -291,15 +317,12 @@ gemm_kernel_tuned = triton.autotune(_gemm_configs(), key=["P", "Cout", "Cin"],
 # ---------------------------------------------------------------------------------------------------------
 # Host side: the stages, launched through torch.library.wrap_triton so torch.compile traces them.
 
-def transform_matrices(at: torch.Tensor, bt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padded kron(B^T, B^T) [NN, NN] and kron(A^T, A^T) [MM, n^2] in FP32 (NN, MM powers of two)."""
+def output_matrix(at: torch.Tensor) -> torch.Tensor:
+    """kron(A^T, A^T) [MM, n^2] in FP32, zero rows up to MM = the power of two >= m^2: Y_flat = K M_flat."""
     m, n = at.shape
-    nn_, mm = _pow2(n * n), _pow2(m * m)
-    kin = torch.zeros(nn_, nn_, dtype=torch.float32, device=bt.device)
-    kin[: n * n, : n * n] = torch.kron(bt.float(), bt.float())
-    kout = torch.zeros(mm, n * n, dtype=torch.float32, device=at.device)
+    kout = torch.zeros(_pow2(m * m), n * n, dtype=torch.float32, device=at.device)
     kout[: m * m] = torch.kron(at.float(), at.float())
-    return kin, kout
+    return kout
 
 
 def _grid_shape(x: torch.Tensor, tile: int, padding) -> tuple[int, int, int, int]:
@@ -310,7 +333,7 @@ def _grid_shape(x: torch.Tensor, tile: int, padding) -> tuple[int, int, int, int
     return out_h, out_w, -(-out_h // tile), -(-out_w // tile)
 
 
-def input_stage(x: torch.Tensor, kin: torch.Tensor, tile: int, padding, group_size: int, granularity: str,
+def input_stage(x: torch.Tensor, bt: torch.Tensor, tile: int, padding, group_size: int, granularity: str,
                 act_scale: torch.Tensor | None):
     """x -> (INT8 codes [n^2, P, Cin], act scales tensor, its (pos, p, g) strides)."""
     wrap = torch.library.wrap_triton
@@ -319,34 +342,34 @@ def input_stage(x: torch.Tensor, kin: torch.Tensor, tile: int, padding, group_si
     groups = C // group_size
     _, _, th, tw = _grid_shape(x, tile, padding)
     P = N * th * tw
-    nn_ = kin.shape[0]
+    bt = bt.float().contiguous()
     vq = torch.empty(n * n, P, C, dtype=torch.int8, device=x.device)
     common = dict(C=C, H=H, W=W, sxn=x.stride(0), sxc=x.stride(1), sxh=x.stride(2), sxw=x.stride(3),
                   pad_h=padding[0], pad_w=padding[1], tiles_h=th, tiles_w=tw, P=P, GROUP_SIZE=group_size,
-                  GROUPS=groups, N_SIDE=n, TILE=tile, NN=nn_)
-    dummy = kin  # an unused pointer argument still needs a tensor
+                  GROUPS=groups, N_SIDE=n, TILE=tile)
+    dummy = bt  # an unused pointer argument still needs a tensor
 
     if act_scale is not None:
         sa = act_scale.float().reshape(n * n, groups).contiguous()
         wrap(input_kernel_tuned)[lambda meta: input_grid(P, C, group_size, 0, meta)](
-            x, kin, vq, dummy, sa, dummy, s_scale_pos=sa.stride(0), s_scale_g=sa.stride(1), SCALE_MODE=0,
+            x, bt, vq, dummy, sa, dummy, s_scale_pos=sa.stride(0), s_scale_g=sa.stride(1), SCALE_MODE=0,
             BLOCK_C=32, **common)
         return vq, sa, (sa.stride(0), 0, sa.stride(1))
     if granularity == "tensor":
         block_c = 32
         amax = torch.empty(P, triton.cdiv(C, block_c), dtype=torch.float32, device=x.device)
         wrap(input_kernel_tuned)[lambda meta: input_grid(P, C, group_size, 4, meta)](
-            x, kin, vq, dummy, dummy, amax, s_scale_pos=0, s_scale_g=0, SCALE_MODE=4, BLOCK_C=block_c, **common)
+            x, bt, vq, dummy, dummy, amax, s_scale_pos=0, s_scale_g=0, SCALE_MODE=4, BLOCK_C=block_c, **common)
         image_scale = symmetric_scale(amax.reshape(N, -1).amax(dim=1), QMAX)  # the reference's rule, bit for bit
         sa = torch.empty(1, P, 1, dtype=torch.float32, device=x.device)
         wrap(input_kernel_tuned)[lambda meta: input_grid(P, C, group_size, 3, meta)](
-            x, kin, vq, sa, image_scale, dummy, s_scale_pos=0, s_scale_g=0, SCALE_MODE=3, BLOCK_C=block_c,
+            x, bt, vq, sa, image_scale, dummy, s_scale_pos=0, s_scale_g=0, SCALE_MODE=3, BLOCK_C=block_c,
             **common)
         return vq, sa, (0, 1, 0)
     mode = SCALE_MODES[granularity]
     sa = torch.empty(n * n if mode == 2 else 1, P, groups, dtype=torch.float32, device=x.device)
     wrap(input_kernel_tuned)[lambda meta: input_grid(P, C, group_size, mode, meta)](
-        x, kin, vq, sa, dummy, dummy, s_scale_pos=0, s_scale_g=0, SCALE_MODE=mode,
+        x, bt, vq, sa, dummy, dummy, s_scale_pos=0, s_scale_g=0, SCALE_MODE=mode,
         BLOCK_C=min(_pow2(group_size), 128), **common)
     return vq, sa, ((P * groups) if mode == 2 else 0, groups, 1)
 
@@ -364,16 +387,18 @@ def gemm_stage(vq, w_int8, w_scale, sa, sa_strides, kout, bias, out, tile: int, 
     torch.library.wrap_triton(gemm_kernel_tuned)[lambda meta: gemm_grid(P, cout, n, mode, meta)](
         vq, w, ws, sa, m_buf, kout, bias if bias is not None else kout, out,
         P, cout, cin, *sa_strides, tiles[0], tiles[1], out_hw[0], out_hw[1], *y_strides,
-        GROUP_SIZE=group_size, GROUPS=cin // group_size, N_SIDE=n, TILE=tile, MM=kout.shape[0], MODE=mode, HAS_BIAS=bias is not None,
-        BLOCK_K=max(32, min(_pow2(group_size), 128)))
+        GROUP_SIZE=group_size, GROUPS=cin // group_size, N_SIDE=n, TILE=tile, MM=kout.shape[0], MODE=mode,
+        HAS_BIAS=bias is not None, BLOCK_K=max(32, min(_pow2(group_size), 128)))
 
 
 def winograd_conv_int8_triton(x, w_int8, w_scale, bias, at, bt, tile: int, padding, group_size: int,
-                              act_granularity: str, act_scale, fuse_output: bool = True) -> torch.Tensor:
-    """`trtq::winograd_conv_int8` on the Triton kernels (arguments checked by the op)."""
-    kin, kout = transform_matrices(at, bt)
+                              act_granularity: str, act_scale, fuse_output: bool | None = None) -> torch.Tensor:
+    """`trtq::winograd_conv_int8` on the Triton kernels (arguments checked by the op). fuse_output None: fused
+    for F(2,3), F(4,3); split for F(6,3), whose 36 outputs a tile do not fit a useful block in registers."""
+    kout = output_matrix(at)
+    fuse_output = tile <= 4 if fuse_output is None else fuse_output
     out_h, out_w, th, tw = _grid_shape(x, tile, padding)
-    vq, sa, sa_strides = input_stage(x, kin, tile, padding, group_size, act_granularity, act_scale)
+    vq, sa, sa_strides = input_stage(x, bt, tile, padding, group_size, act_granularity, act_scale)
     cout = w_int8.shape[2]
     fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format
