@@ -60,26 +60,30 @@ def kernel_order(v, grid):
 
 # --- stage 2 on given INT8 inputs: the INT32 GEMMs are exact ------------------------------------------------
 
-@pytest.mark.parametrize("tile, cin, group_size", [(4, 64, 32), (2, 5, 5), (6, 48, 16)])
+@pytest.mark.parametrize("tile, cin, group_size", [(4, 64, 32), (2, 5, 5), (6, 24, 8)])
 def test_gemm_stage_is_exact_on_given_int8_codes(tile, cin, group_size):
-    """Power-of-two scales keep every product and sum exact in FP32, so M must equal the integer GEMMs."""
+    """The INT32 sums are exact, and power-of-two scales make every product exact too, so M must equal the
+    exact integer GEMMs scaled and summed over the groups in FP32 in group order (the contract's order)."""
     gen = torch.Generator().manual_seed(tile)
-    n, P, cout, groups = tile + 2, 19, 24, cin // group_size
+    n, P, cout, groups = tile + 2, 11 if tile < 6 else 5, 20 if tile < 6 else 16, cin // group_size
     vq = torch.randint(-128, 128, (n * n, P, cin), generator=gen, dtype=torch.int8)
     w = torch.randint(-128, 128, (n, n, cout, cin), generator=gen, dtype=torch.int8)
     ws = 2.0 ** torch.randint(-12, -4, (n, n, cout, groups), generator=gen).float()
     sa = 2.0 ** torch.randint(-8, 0, (n * n, P, groups), generator=gen).float()
     m = torch.full((n * n, P, cout), float("nan"))  # poisoned: every element must be written
     at, _, _ = winograd_matrices(tile)
-    kout = wk.output_matrix(at)
-    args = [t.to(DEVICE) for t in (vq, w, ws, sa, kout, m)]
+    args = [t.to(DEVICE) for t in (vq, w, ws, sa, wk.output_matrix(at), m)]
     wk.gemm_stage(args[0], args[1], args[2], args[3], (P * groups, groups, 1), args[4], None, args[5], tile,
                   group_size, mode=1, tiles=(1, P), out_hw=(tile, tile * P))
-    acc = torch.einsum("qpgk,qogk->qgpo", vq.long().reshape(n * n, P, groups, -1),
-                       w.long().reshape(n * n, cout, groups, -1))  # exact integers
-    expected = (acc.double() * ws.reshape(n * n, cout, groups).permute(0, 2, 1)[:, :, None].double()
-                * sa.permute(0, 2, 1)[..., None].double()).sum(1)
-    assert torch.equal(args[5].cpu().double(), expected)
+    acc = torch.einsum("qpgk,qogk->gqpo", vq.long().reshape(n * n, P, groups, -1),
+                       w.long().reshape(n * n, cout, groups, -1))  # exact integers, < 2^24 here
+    assert acc.abs().max() < 2**24
+    ws_g = ws.reshape(n * n, cout, groups).permute(2, 0, 1)[:, :, None, :]  # [G, n^2, 1, Cout]
+    sa_g = sa.permute(2, 0, 1)[..., None]  # [G, n^2, P, 1]
+    expected = (acc[0].float() * ws_g[0]) * sa_g[0]
+    for k in range(1, groups):
+        expected = expected + (acc[k].float() * ws_g[k]) * sa_g[k]
+    assert torch.equal(args[5].cpu(), expected)
 
 
 # --- stage 1: input transform + quantization gives the reference's codes and scales -------------------------
@@ -145,8 +149,8 @@ def test_op_matches_reference_on_exact_transforms(tile, granularity, cin, group_
 @pytest.mark.parametrize("tile", [4, 6])
 def test_split_path_equals_fused_path(tile):
     """GEMM -> M in memory -> output transform computes the same numbers as the fused kernel."""
-    codes, w_scale, bias, at, bt = make_layer(tile, 32, 12, 16, "group", seed=tile)
-    x = integer_input((1, 32, 7, 9), seed=tile)
+    codes, w_scale, bias, at, bt = make_layer(tile, 16, 12, 16, "group", seed=tile)
+    x = integer_input((1, 16, 5, 7), seed=tile)
     args = (x, codes, w_scale, bias, at, bt, tile, [1, 1], 16, "group", None)
     fused, split = (wk.winograd_conv_int8_triton(*args, fuse_output=f) for f in (True, False))
     assert rel(split, fused) < 1e-6
@@ -183,10 +187,10 @@ def test_op_on_real_valued_inputs_and_learned_transforms():
 def test_kernels_are_batch_invariant(granularity):
     """An image's output is bit-identical alone and in a batch of 4 (classifier-free guidance doubles
     batches); the other images are 100x larger, so a scale shared across the batch could not hide."""
-    tile, cin, g = 4, 16, 16 if granularity == "tensor" else 8
+    tile, cin, g = 4, 8, 8
     codes, w_scale, bias, at, bt = make_layer(tile, cin, 8, g, "tensor" if granularity == "tensor" else "group")
     gen = torch.Generator().manual_seed(7)
-    batch = torch.randn(4, cin, 6, 7, generator=gen).to(DEVICE)
+    batch = torch.randn(4, cin, 5, 6, generator=gen).to(DEVICE)
     batch[1:] *= 100
     rest = (codes, w_scale, bias, at, bt, tile, [1, 1], g, granularity, None)
     alone = wk.winograd_conv_int8_triton(batch[:1], *rest)
@@ -226,11 +230,13 @@ def test_kernels_compile_ahead_of_time_for_sm90_and_sm89():
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource, compile
         from trtq.kernels import aot
+        # F(2,3)'s input transform keeps the compile short for CI; the GEMM is F(4,3)'s.
+        kernels = dict(aot.plugin_signatures(tile=2, group_size=32, groups=10))
+        kernels["gemm"] = aot.plugin_signatures(tile=4, group_size=32, groups=10)["gemm"]
         for arch in (90, 89):
-            # F(2,3)'s input transform keeps the compile short for CI; the GEMM is F(4,3)'s.
-            kernels = dict(aot.plugin_signatures(tile=2, group_size=32, groups=10))
-            kernels["gemm"] = aot.plugin_signatures(tile=4, group_size=32, groups=10)["gemm"]
             for name, (fn, sig, const, opts) in kernels.items():
+                if arch == 89 and name == "input":
+                    continue  # the same FP32 code on both; the GEMM's MMA is what differs
                 k = compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", arch, 32), options=opts)
                 ptx = k.asm["ptx"]
                 assert f".target sm_{arch}" in ptx and k.metadata.shared >= 0 and len(k.asm["cubin"]) > 0
@@ -239,7 +245,7 @@ def test_kernels_compile_ahead_of_time_for_sm90_and_sm89():
     """)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.split()
-    assert len(lines) == 4 * 4
+    assert len(lines) == 3 * 4
     # The GEMM's INT8 dot must be on the tensor cores: wgmma on sm_90, mma.sync on sm_89.
     assert [row for row in res.stdout.splitlines() if "gemm" in row] and all(
         row.endswith("True") for row in res.stdout.splitlines() if "gemm" in row), res.stdout
