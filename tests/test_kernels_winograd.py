@@ -249,3 +249,27 @@ def test_kernels_compile_ahead_of_time_for_sm90_and_sm89():
     # The GEMM's INT8 dot must be on the tensor cores: wgmma on sm_90, mma.sync on sm_89.
     assert [row for row in res.stdout.splitlines() if "gemm" in row] and all(
         row.endswith("True") for row in res.stdout.splitlines() if "gemm" in row), res.stdout
+
+
+# --- the benchmark: ready to run on a GPU, refuses clearly without one ----------------------------------------
+
+def test_benchmark_needs_a_cuda_gpu(capsys, monkeypatch):
+    from trtq.bench import winograd as bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA GPU is needed" in err[0]
+
+
+def test_benchmark_enumerates_the_sd15_3x3_convs():
+    """SD 1.5 at 512x512 (latent 64x64), batch 2: 18 distinct 3x3 stride-1 conv shapes, from conv_in (4 -> 320)
+    down to the 8x8 mid-block convs and the 2560-channel skip concatenations of the up path."""
+    from trtq.bench.winograd import ConvShape, conv3x3_shapes
+
+    shapes = conv3x3_shapes("sd15")
+    assert len(shapes) == 18 and len(set(shapes)) == 18
+    assert all(s.batch == 2 and s.padding == 1 for s in shapes)
+    for expected in [(4, 320, 64), (320, 320, 64), (1280, 1280, 8), (2560, 1280, 16), (320, 4, 64)]:
+        assert ConvShape(2, expected[0], expected[1], expected[2], expected[2], 1) in shapes
+    assert {s.h for s in shapes} == {64, 32, 16, 8}
