@@ -266,3 +266,27 @@ def test_cli_eval_with_a_winograd_recipe(tmp_path, capsys):
     assert code == 0
     result = json.loads(out.read_text())
     assert result["recipe"] == "w8a8-winograd-f63" and result["psnr_db"] > 0
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "group", "position-group"])
+def test_op_and_fake_quant_are_batch_invariant(granularity):
+    """The contract: an image's output never depends on the other images in its batch (classifier-free guidance
+    doubles batches). The other three images are 100x larger, so any scale shared with them would show."""
+    g = 16 if granularity == "tensor" else 8
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    at, gm, bt = winograd_matrices(4)
+    codes, w_scale = quantize_weight(transform_weight(conv.weight.detach(), gm), g, granularity)
+    batch = torch.randn(4, 16, 9, 10)
+    batch[1:] *= 100
+    with torch.no_grad():
+        outs = [torch.ops.trtq.winograd_conv_int8(x, codes, w_scale, conv.bias, at, bt, 4, [1, 1], g, granularity,
+                                                  None) for x in (batch[:1], batch)]
+        fakes = [fake_quant_winograd_conv(x, conv.weight, conv.bias, torch.ones(6), torch.ones(6), 4, (1, 1), g,
+                                          granularity) for x in (batch[:1], batch)]
+    # The reference's float stages (transforms, the fake-quant float GEMM) go through einsum/BLAS, whose
+    # summation order depends on the batch size: equal up to that. A scale shared with the 100x larger images
+    # would change image 0's codes and its output by percents. (The Triton kernels fix the order per element
+    # and are bit-identical: tests/test_kernels_winograd.py.)
+    assert rel(outs[1][:1], outs[0]) < 1e-6
+    assert rel(fakes[1][:1], fakes[0]) < 1e-6
