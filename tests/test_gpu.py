@@ -66,3 +66,87 @@ def test_winograd_op_on_cuda_equals_cpu_exactly_where_the_transform_is_exact(til
 def test_fp4_op_on_cuda_matches_cpu(recipe):
     torch.backends.cuda.matmul.allow_tf32 = False
     _cpu_vs_cuda("digits-dit", recipe)
+
+
+# --- Winograd INT8 conv: the Triton kernels on CUDA (issue 7) ------------------------------------------------
+
+def test_winograd_kernel_checks_run_on_cuda():
+    """The interpreter checks of tests/test_kernels_winograd.py, on the GPU (its DEVICE is cuda there)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_kernels_winograd.py"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-4000:]
+
+
+@pytest.mark.parametrize("tile", [4, 6])
+def test_winograd_layer_compiles_into_the_triton_kernels_without_graph_breaks(tile):
+    from torch import nn
+
+    from trtq import LayerRule, QuantScheme, Recipe
+
+    torch.manual_seed(0)
+    g = 32
+    recipe = Recipe(name="wino", rules=(LayerRule(
+        types=("Conv2d",), layer="winograd", layer_args={"tile": tile, "group_size": g},
+        weight=QuantScheme(format="int8", granularity="group", axis=1, group_size=g),
+        input=QuantScheme(format="int8", granularity="group", axis=1, group_size=g, dynamic=True)),))
+    model = trtq.quantize(nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(), nn.Conv2d(64, 32, 3, padding=1)),
+                          recipe).eval().cuda().half()
+    x = torch.randn(2, 64, 30, 22, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        eager = model(x)
+        explained = torch._dynamo.explain(model)(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
+    assert explained.graph_break_count == 0
+    assert ((compiled.float() - eager.float()).norm() / eager.float().norm()).item() < 1e-3
+
+
+def test_winograd_zoo_unet_sampled_with_kernels_vs_reference_on_cuda(capsys):
+    """digits-unet with w8a8-winograd-f43, sampled on CUDA with the Triton kernels and with the reference op:
+    PSNR between the two sample sets (reported; the kernels may flip INT8 codes sitting on rounding ties, so
+    the two are close, not equal)."""
+    from trtq.eval.evaluate import quantized_denoiser, QuantSpec
+    from trtq.eval.metrics import psnr_db
+    from trtq.ops import winograd_conv
+    from trtq.pipeline import DigitsPipeline, balanced_labels
+
+    model = load_model("digits-unet")
+    cfg = SamplingConfig(samples=16, steps=10, calib_samples=8, progress=False)
+    q = quantized_denoiser(model, QuantSpec(recipe="w8a8-winograd-f43"), cfg).cuda().eval()
+    model.to("cuda")
+    pipe = DigitsPipeline(model, denoiser=q)
+    labels = balanced_labels(16, model.num_classes)
+    kernels = pipe(labels, num_inference_steps=10, seed=0, progress=False)
+    saved = winograd_conv._kernels
+    winograd_conv._kernels = None  # the op falls back to the reference on CUDA tensors
+    try:
+        reference = pipe(labels, num_inference_steps=10, seed=0, progress=False)
+    finally:
+        winograd_conv._kernels = saved
+    psnr = psnr_db(kernels, reference)
+    with capsys.disabled():
+        print(f"\ndigits-unet w8a8-winograd-f43 on CUDA: kernels vs reference PSNR {psnr:.2f} dB")
+    assert torch.isfinite(kernels).all() and psnr > 35
+
+
+def test_divide_based_scales_are_equal_on_cuda_and_cpu():
+    """trtq.quantizer.divide makes amax / 127 the IEEE quotient on both devices (CUDA divides by a Python
+    scalar as a multiplication by its reciprocal); re-checked on the GPU, for the quantizer and for the
+    Winograd input scales the kernels compute with div_rn."""
+    from trtq.kernels import winograd as wk
+    from trtq.quantizer import symmetric_scale
+    from trtq.winograd.conv import transform_input
+    from trtq.winograd.quant import act_scales
+    from trtq.winograd.transforms import winograd_matrices
+
+    amax = torch.rand(1 << 20) * torch.logspace(-6, 6, 1 << 20)
+    assert torch.equal(symmetric_scale(amax.cuda(), 127.0).cpu(), symmetric_scale(amax, 127.0))
+    at, _, bt = winograd_matrices(4)
+    x = torch.randint(-50, 51, (2, 64, 17, 13)).float()  # exact transforms: the amaxes are equal
+    v, grid = transform_input(x, bt, 4, (1, 1))
+    cpu = act_scales(v, 32, "group", grid).reshape(1, 2, -1)  # [1, G, P (tile row, image, tile col)]
+    _, sa, _ = wk.input_stage(x.cuda(), bt.cuda(), 4, (1, 1), 32, "group", None)
+    gpu = sa.cpu().reshape(grid.batch, grid.tiles_h, grid.tiles_w, 2).permute(3, 1, 0, 2).reshape(1, 2, -1)
+    assert torch.equal(gpu, cpu)
