@@ -307,9 +307,9 @@ def _prune_gemm_configs(configs, named_args, **kwargs):
 
 
 # Tuned per shape class: the key holds every size that changes which block shape wins.
-input_kernel_tuned = triton.autotune(_input_configs(), key=["C", "P"])(
+input_kernel_tuned = triton.autotune(_input_configs(), key=["C", "P", "GROUP_SIZE", "N_SIDE", "SCALE_MODE"])(
     winograd_input_kernel)
-gemm_kernel_tuned = triton.autotune(_gemm_configs(), key=["P", "Cout", "Cin"],
+gemm_kernel_tuned = triton.autotune(_gemm_configs(), key=["P", "Cout", "Cin", "GROUP_SIZE", "N_SIDE", "MODE"],
                                     prune_configs_by={"early_config_prune": _prune_gemm_configs})(
     winograd_gemm_kernel)
 
