@@ -15,9 +15,9 @@ Cin = Cout = C, fp16 activations; n = 6 so a tile of m^2 = 16 outputs has n^2 = 
      (INT8 `tl.dot`, INT32 accumulation per channel group, times w_scale * act_scale, summed over groups in
      FP32) and applies A^T M A + bias in its epilogue, accumulating the m^2 outputs of each tile position by
      position. M (FP32, 9 B/elem, written then read: 18 B against the 2 + 2.25 + 2 B the whole conv needs)
-     therefore never leaves the chip. The split mode (GEMM writes M, a second launch of the same kernel
-     transforms it) exists for the per-stage timing breakdown and as the fallback a benchmark can pick when a
-     layer has too few tiles x channels to fill the GPU with fused programs.
+     therefore never leaves the chip. The price: m^2 FP32 accumulators per (channel, tile) in registers. For
+     F(6,3) (36 a tile) no useful block fits, so F(6,3) defaults to the split mode (the GEMM writes M, a
+     second launch of the same kernel transforms it), which also gives the per-stage timing breakdown.
 The input transform runs separably on CUDA cores in FP32 (2 n^3 FMAs per tile and channel, the n^2 values
 of a (tile, channel) held in registers as a tuple, any dense learned B^T). The output transform adds
 kron(A^T, A^T)[:, position] * M_position per position (m^2 FMAs per position and output, FP32, in registers).
