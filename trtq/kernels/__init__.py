@@ -1,0 +1,1 @@
+"""Triton kernels behind the trtq custom ops; each has the op's PyTorch reference as its spec."""
