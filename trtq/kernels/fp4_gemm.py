@@ -216,7 +216,11 @@ def fp4_gemm_kernel(
         codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_N, BLOCK_K))  # low nibble first
         w = fp4_to_fp8(codes, W_LUT_LO, W_LUT_HI)
         if A_MODE == 1:
-            w = w.to(a.dtype)
+            if DOT_IEEE:  # FP32 activations (and the interpreter, whose bf16 dot is unreliable): FP32 dot
+                a = a.to(tl.float32)
+                w = w.to(tl.float32)
+            else:
+                w = w.to(tl.float32).to(a.dtype)  # via FP32: sm_89 has no direct FP8 -> bf16 conversion
         w = tl.trans(w)
 
         if ONE_GROUP:
@@ -395,10 +399,67 @@ def fp4_group_gemm(x: torch.Tensor, weight_packed: torch.Tensor, weight_scale: t
         W_LUT_LO=lo, W_LUT_HI=hi, W_SCALE_FP8=fp8_scales,
         A_MODE=mode, A_STATIC=static, A_MAN_BITS=a_man, A_MIN_EXP=a_min_exp, A_MAX=a_max,
         HAS_ROW_SCALE=a_row_scale is not None, HAS_BIAS=bias is not None,
-        DOT_IEEE=mode == A_FLOAT and x.dtype == torch.float32)
+        # bf16/fp16 x FP4 products are exact in FP32, so an FP32 dot computes the same W4A16 block sums
+        DOT_IEEE=mode == A_FLOAT and (x.dtype == torch.float32 or INTERPRETED))
     return out.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
 def gemm_block_k(group_size: int, one_group: bool) -> int:
     """K per step: one group (at least 32, the FP8 MMA's K), or 128 when the whole K is one group."""
     return 128 if one_group else max(group_size, 32)
+
+
+# ----------------------------------------------------------------------------------------- ahead of time
+def gemm_signature(x_dtype: str = "bf16", act_format: str = "fp4_e2m1", weight_format: str = "fp4_e2m1",
+                   group_size: int = 32, K: int = 1152, scale_format: str = "float32", bias: bool = True,
+                   static: bool = False, fused: bool = False, BLOCK_M: int = 128, BLOCK_N: int = 128,
+                   GROUP_M: int = 8) -> tuple[dict, dict]:
+    """(signature, constexprs) of `fp4_gemm_kernel` for `triton.compile(ASTSource(...))`: what a TensorRT
+    plugin's ahead-of-time build needs. x_dtype is the activation/output Triton dtype ("bf16", "fp16", "fp32")."""
+    fp8_scales = scale_format != "float32"
+    one_group = group_size == K
+    mode = A_FLOAT if act_format == "none" else A_FUSED if fused else A_CODES
+    a_man, a_min_exp, a_max = FORMAT_CONSTANTS[act_format] if mode == A_FUSED else (0, 0, 1.0)
+    lo, hi = FP4_LOOKUP[weight_format]
+    pointers = {"a_ptr": "*u8" if mode == A_CODES else f"*{x_dtype}", "a_scale_ptr": "*fp32",
+                "a_row_scale_ptr": "*fp32", "w_ptr": "*u8", "w_scale_ptr": "*u8" if fp8_scales else "*fp32",
+                "w_tensor_scale_ptr": "*fp32", "bias_ptr": f"*{x_dtype}", "out_ptr": f"*{x_dtype}"}
+    ints = ["M", "N", "stride_am", "stride_ak", "stride_asm", "stride_asg", "stride_wn", "stride_wsn",
+            "stride_wsg", "stride_om", "stride_on"]
+    constexprs = dict(
+        K=K, GROUP=group_size, ONE_GROUP=one_group, BLOCK_K=gemm_block_k(group_size, one_group), W_LUT_LO=lo,
+        W_LUT_HI=hi, W_SCALE_FP8=fp8_scales, A_MODE=mode, A_STATIC=static, A_MAN_BITS=a_man, A_MIN_EXP=a_min_exp,
+        A_MAX=a_max, HAS_ROW_SCALE=fp8_scales and not static and mode == A_CODES, HAS_BIAS=bias,
+        DOT_IEEE=mode == A_FLOAT and x_dtype == "fp32", BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, GROUP_M=GROUP_M)
+    signature = {**pointers, **{name: "i32" for name in ints}, "act_clip": "fp32",
+                 **{name: "constexpr" for name in constexprs}}
+    return signature, constexprs
+
+
+def compile_gemm(arch: int, num_warps: int = 8, num_stages: int = 3, **kwargs):
+    """Compile `fp4_gemm_kernel` for an NVIDIA arch (90 = Hopper, 89 = Ada) without a GPU; returns the
+    compiled kernel (`.asm["ptx"]`, `.asm["cubin"]`, `.metadata.shared`). Not under TRITON_INTERPRET."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs = gemm_signature(**kwargs)
+    src = ASTSource(fn=fp4_gemm_kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def compile_act_quant(arch: int, x_dtype: str = "bf16", act_format: str = "fp4_e2m1", group_size: int = 16,
+                      K: int = 1152, fp8_scales: bool = True, static: bool = False, num_warps: int = 4):
+    """Compile `act_quant_kernel` for an NVIDIA arch without a GPU (see `compile_gemm`)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    pad, block_g, block_r = act_quant_blocks(group_size, K // group_size)
+    man, min_exp, fmax = FORMAT_CONSTANTS[act_format]
+    constexprs = dict(K=K, GROUP=group_size, GROUP_PAD=pad, MAN_BITS=man, MIN_EXP=min_exp, MAX_VALUE=fmax,
+                      STATIC=static, FP8_SCALES=fp8_scales and not static, BLOCK_R=block_r, BLOCK_G=block_g)
+    signature = {"x_ptr": f"*{x_dtype}", "static_scale_ptr": "*fp32", "q_ptr": "*u8", "scale_ptr": "*fp32",
+                 "row_scale_ptr": "*fp32", "M": "i32", "act_clip": "fp32", "stride_xm": "i32", "stride_xk": "i32",
+                 "stride_qm": "i32", "stride_sm": "i32", **{name: "constexpr" for name in constexprs}}
+    src = ASTSource(fn=act_quant_kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})

@@ -53,7 +53,9 @@ into them); CPU tensors always run this reference.
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import threading
+from typing import Iterator, Optional
 
 import torch
 
@@ -66,6 +68,20 @@ try:
     import triton  # noqa: F401
 except ImportError:  # `import trtq` works without Triton: CUDA tensors then run the reference
     triton = None
+
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def reference_only() -> Iterator[None]:
+    """Run the PyTorch reference on CUDA tensors too (kernels-vs-reference checks; eager mode only)."""
+    previous = getattr(_state, "reference_only", False)
+    _state.reference_only = True
+    try:
+        yield
+    finally:
+        _state.reference_only = previous
 
 
 def check_args(x: torch.Tensor, weight_packed: torch.Tensor, weight_scale: torch.Tensor,
@@ -157,7 +173,7 @@ else:
                            scale_format: str, act_clip: float) -> torch.Tensor:
         args = (x, weight_packed, weight_scale, weight_tensor_scale, bias, act_scale, weight_format, act_format,
                 group_size, scale_format, act_clip)
-        if x.device.type != "cuda":
+        if x.device.type != "cuda" or getattr(_state, "reference_only", False):
             return reference(*args)
         check_args(*args[:4], *args[5:])
         return kernels.fp4_group_gemm(*args)

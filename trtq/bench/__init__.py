@@ -1,0 +1,1 @@
+"""Kernel and model benchmarks (need a CUDA GPU); results land in docs/benchmarks/."""
