@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-# Dense tensor-core peaks (TFLOPS, datasheet, without sparsity): BF16, FP8. Leads for "fraction of peak";
-# the measured cuBLAS rows say what is reachable.
-PEAKS = {"H100 SXM": (989.0, 1979.0), "H100 NVL": (835.0, 1671.0), "H100 PCIe": (756.0, 1513.0),
-         "H200": (989.0, 1979.0), "L40S": (362.0, 733.0), "L4": (121.0, 242.0)}
+# Dense tensor-core peaks (TFLOPS, datasheet, without sparsity): BF16, FP8, by the first substring of the
+# device name that matches (an H100 SXM calls itself "NVIDIA H100 80GB HBM3"). Leads for "fraction of
+# peak"; the measured cuBLAS rows say what is reachable.
+PEAKS = [("H100 PCIe", 756.0, 1513.0), ("H100 NVL", 835.0, 1671.0), ("H100", 989.0, 1979.0),
+         ("H200", 989.0, 1979.0), ("L40S", 362.0, 733.0), ("L4", 121.0, 242.0)]
 
 DIT_M = 16 * 256  # batch 8, CFG doubles it; 256x256 -> 32x32 latent -> 16x16 patches of 2
 # (model, layer, N, K, M values)
@@ -74,7 +75,7 @@ def _device_info() -> dict:
     import triton
 
     name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAKS.items() if all(w in name for w in k.split())), (None, None))
+    peak = next(((bf16, fp8) for key, bf16, fp8 in PEAKS if key in name), (None, None))
     return {"device": name, "capability": ".".join(map(str, torch.cuda.get_device_capability())),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
