@@ -168,7 +168,9 @@ def reference(q, x, act_fmt, g, scale_format=None, clip=1.0, static=None):
     """Float reference: fake-quantize activations and weights, then one F.linear."""
     xr = q.rotate_input(x).reshape(-1, q.in_features)
     if act_fmt != "none":
-        scale = static if static is not None else scales_from_amax(group_amax(xr, g) * clip, act_fmt, scale_format)
+        # dynamic FP8 scales: each row (token) is double-quantized as a tensor of its own (batch invariance)
+        scale = static if static is not None else torch.cat(
+            [scales_from_amax(group_amax(row[None], g) * clip, act_fmt, scale_format) for row in xr])
         xr = fake_quantize_groups(xr, scale, act_fmt, g)
     return F.linear(xr, q.dequantized_weight(), q.bias).reshape(*x.shape[:-1], -1)
 

@@ -11,7 +11,7 @@ import torch
 
 from trtq.errors import TrtqError
 from trtq.formats import FloatFormat, get_format
-from trtq.quantizer import symmetric_scale
+from trtq.quantizer import double_quantize_scale, symmetric_scale
 
 FP4_FORMATS = ("fp4_e2m1", "fp4_e3m0", "fp4_e1m2")
 ACT_FORMATS = FP4_FORMATS + ("fp8_e4m3",)
@@ -34,6 +34,23 @@ def scales_from_amax(amax: torch.Tensor, fmt_name: str, scale_format: str | None
     """Scales mapping each group's |max| onto the format's largest value (FP8-rounded if scale_format)."""
     fmt_scales = None if scale_format in (None, FP32_SCALES) else scale_format
     return symmetric_scale(amax.float(), get_format(fmt_name).max_value, fmt_scales)
+
+
+def dynamic_act_scales(rows: torch.Tensor, fmt_name: str, g: int, clip: float, scale_format: str):
+    """Run-time activation scales for rows [M, K]: (scale [M, K/g], row_scale [M, 1] or None).
+
+    Each (row, group): clip * |max| / format max (IEEE division), 1 for an all-zero group. With FP8 scales each
+    row is double-quantized on its own: row_scale = the row's largest group scale / 448 (all-zero groups do
+    not count; 1 for an all-zero row), scale = the E4M3 value of group scale / row_scale, at least 2^-9; the
+    quantization then divides by scale * row_scale. Per row, so a row's codes never depend on other rows
+    (an image's output never depends on the rest of its batch)."""
+    bound = group_amax(rows.float(), g) * clip
+    scale = symmetric_scale(bound, get_format(fmt_name).max_value)
+    if scale_format in (None, FP32_SCALES):
+        return scale, None
+    # all-zero groups: 0, so that they do not count toward the row's FP32 scale
+    codes, row_scale, _ = double_quantize_scale(torch.where(bound > 0, scale, 0.0), scale_format, dim=-1)
+    return code_values(scale_format, rows.device)[codes.long()], row_scale
 
 
 def quantize_groups(x: torch.Tensor, scale: torch.Tensor, fmt_name: str, g: int) -> torch.Tensor:

@@ -106,16 +106,19 @@ def qparams_from_range(amin: torch.Tensor, amax: torch.Tensor, scheme: QuantSche
     return scale, zero_point
 
 
-def double_quantize_scale(scale: torch.Tensor, scale_format: str):
-    """Store scales in a small float format times one FP32 per-tensor scale (NVFP4's "double quant").
+def double_quantize_scale(scale: torch.Tensor, scale_format: str, dim: int | None = None):
+    """Store scales in a small float format times an FP32 scale (NVFP4's "double quant").
 
-    The tensor scale maps the largest scale onto the format's maximum (448 for E4M3); scales that would
-    underflow to zero are held at the smallest positive value, so no group divides by zero.
-    Returns (codes uint8, tensor_scale 0-d fp32, the dequantized scales codes * tensor_scale).
+    The FP32 scale maps the largest scale onto the format's maximum (448 for E4M3): one for the whole tensor
+    (dim None) or one per slice along `dim` (kept as a size-1 dim; e.g. dim=-1 on [rows, groups]: one per row).
+    A scale <= 0 marks an all-zero group: it does not count toward the FP32 scale and is stored as the smallest
+    positive value (its codes are 0 whatever its scale), as is any scale that would underflow to zero, so no
+    group divides by zero. All-zero tensors (slices) get FP32 scale 1.
+    Returns (codes uint8, FP32 scale: 0-d or keepdim, the dequantized scales codes * FP32 scale).
     """
     fmt = get_format(scale_format)
     scale = scale.float()
-    top = scale.max()
+    top = scale.max() if dim is None else scale.amax(dim, keepdim=True)
     tensor_scale = torch.where(top > 0, divide(top, fmt.max_value), torch.ones_like(top))
     smallest = float(fmt.grid()[fmt.grid() > 0][0])
     values = fmt.round(scale / tensor_scale).clamp(min=smallest)
@@ -125,11 +128,13 @@ def double_quantize_scale(scale: torch.Tensor, scale_format: str):
 
 def symmetric_scale(bound: torch.Tensor, max_value: float, scale_format: str | None = None) -> torch.Tensor:
     """The scale that maps |x| <= bound onto [-max_value, max_value] (FP8-rounded with a scale_format)."""
-    # An all-zero tensor quantizes exactly with any scale; 1 avoids 0/0.
-    scale = torch.where(bound > 0, divide(bound, max_value), torch.ones_like(bound))
-    if scale_format is not None:
-        scale = double_quantize_scale(scale, scale_format)[2]
-    return scale
+    if scale_format is None:
+        # An all-zero tensor quantizes exactly with any scale; 1 avoids 0/0.
+        return torch.where(bound > 0, divide(bound, max_value), torch.ones_like(bound))
+    # All-zero groups pass 0, not a placeholder: a placeholder of 1 would become the largest scale and set the
+    # FP32 tensor scale (1/448 instead of NVFP4's amax / (6 * 448) whenever amax < 6).
+    scale = torch.where(bound > 0, divide(bound, max_value), torch.zeros_like(bound))
+    return double_quantize_scale(scale, scale_format)[2]
 
 
 def _round_ste(v: torch.Tensor, fmt, asymmetric: bool) -> torch.Tensor:

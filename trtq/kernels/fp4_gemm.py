@@ -1,0 +1,465 @@
+"""Triton kernels for `trtq::fp4_group_gemm` (spec: the reference and contract in `trtq/ops/fp4_gemm.py`).
+
+Two kernels, launched by `fp4_group_gemm` below:
+- `act_quant_kernel`: activations -> FP8 E4M3 bytes holding values of the activation format, plus the
+  per-(row, group) scales (and, for FP8 scales, one FP32 scale per row). Memory-bound, one pass over x
+  (two for FP8 scales: the row's largest group scale must be known before any group is quantized).
+- `fp4_gemm_kernel`: unpacks 4-bit weight codes to FP8 E4M3 in registers (a 16-entry table held in two
+  32-bit constants; every FP4 value is exact in E4M3), FP8 `tl.dot` with FP32 accumulation, one partial dot
+  per group scaled by (activation scale × weight scale), per-tensor / per-row scales and bias in the
+  epilogue. It can also quantize activations itself while loading A (`fuse_act_quant`; FP32 scales only):
+  which of the two is faster depends on N / BLOCK_N (the fused path redoes the quantization once per
+  column tile) and is for the benchmark to decide.
+
+Hopper and Ada FP8 MMA take K = 32 per instruction, so a group of 16 cannot be its own dot: with g = 16
+a K-step covers two groups and runs one dot per group with the other group's A columns zeroed (twice the
+MMA work, exact). With g >= 32 a K-step is exactly one group. `group_size == K` (per-channel weights,
+per-token activations) accumulates the whole K in the MMA and scales once in the epilogue.
+
+TensorRT-plugin ready: the kernels take pointers, int shapes/strides, one FP32 scalar (act_clip) and
+constexprs; the launch grids are pure functions of the shapes (`gemm_grid`, `act_quant_grid`). K is a
+constexpr: a model has a handful of K values, the K-loop's trip count is then known to the compiler, and
+the interpreter (with numpy 2) cannot loop to a run-time bound.
+Numbers are reproduced bit for bit where the math allows: IEEE division (`div_rn`; Triton's `/` is an
+approximate division on NVIDIA GPUs), round-half-even onto the format grid done in integer/FP32 arithmetic
+(`round_to_grid`) rather than by a hardware conversion, so the interpreter and the GPU agree.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from trtq.errors import TrtqError
+from trtq.formats import FloatFormat, get_format
+from trtq.fp4 import ACT_FORMATS, FP4_FORMATS
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Kernels read module globals only as constexprs.
+E4M3_MAX: tl.constexpr = tl.constexpr(448.0)
+E4M3_SMALLEST: tl.constexpr = tl.constexpr(2.0**-9)  # smallest positive (subnormal) E4M3: the floor of FP8 scales
+
+# A_MODE of the GEMM: where the A operand comes from.
+A_CODES, A_FLOAT, A_FUSED = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------------------- jit helpers
+@triton.jit
+def round_to_grid(v, MAN_BITS: tl.constexpr, MIN_EXP: tl.constexpr, MAX_VALUE: tl.constexpr):
+    """Round-half-even onto a float format's grid, saturating at MAX_VALUE: `FloatFormat.round`, exactly.
+
+    The quantum of v's binade (clamped to the subnormal range) comes from v's FP32 exponent bits; scaling by a
+    power of two is exact, and adding then subtracting 2^23 rounds to an integer half-to-even in FP32."""
+    mag = tl.abs(v)
+    exp = ((mag.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    exp = tl.maximum(exp, MIN_EXP)
+    quantum = ((exp - MAN_BITS + 127) << 23).to(tl.float32, bitcast=True)
+    inv_quantum = ((127 - exp + MAN_BITS) << 23).to(tl.float32, bitcast=True)
+    r = mag * inv_quantum
+    r = (r + 8388608.0) - 8388608.0
+    r = tl.minimum(r * quantum, MAX_VALUE)
+    return tl.where(v < 0, -r, r)
+
+
+@triton.jit
+def quantize_values(x, scale, MAN_BITS: tl.constexpr, MIN_EXP: tl.constexpr, MAX_VALUE: tl.constexpr):
+    """x / scale (IEEE), clamped to ±max, rounded onto the grid: `trtq.fp4.quantize_groups`."""
+    v = tl.math.div_rn(x, scale)
+    v = tl.minimum(tl.maximum(v, -MAX_VALUE), MAX_VALUE)
+    return round_to_grid(v, MAN_BITS, MIN_EXP, MAX_VALUE)
+
+
+@triton.jit
+def scale_from_amax(amax, act_clip, MAX_VALUE: tl.constexpr, ZERO_GROUP_SCALE: tl.constexpr):
+    """act_clip·amax / format max (IEEE); all-zero groups get ZERO_GROUP_SCALE."""
+    bound = amax * act_clip
+    return tl.where(bound > 0, tl.math.div_rn(bound, MAX_VALUE), ZERO_GROUP_SCALE)
+
+
+@triton.jit
+def fp4_to_fp8(codes, LUT_LO: tl.constexpr, LUT_HI: tl.constexpr):
+    """4-bit codes (sign in bit 3) -> FP8 E4M3 values. LUT_LO / LUT_HI hold the E4M3 bytes of magnitudes 0-3
+    and 4-7, one per byte (every byte < 0x80, so the constants are positive int32)."""
+    c = codes.to(tl.int32)
+    mag = c & 7
+    byte = tl.where(mag < 4, LUT_LO >> (mag * 8), LUT_HI >> ((mag - 4) * 8)) & 0xFF
+    return (byte | ((c & 8) << 4)).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+
+
+@triton.jit
+def tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program id -> (tile row, tile column), GROUP_M row tiles sweeping the columns together (L2 reuse)."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % rows, (pid % per_group) // rows
+
+
+# ----------------------------------------------------------------------------------------- kernels
+@triton.jit
+def act_quant_kernel(
+    x_ptr, static_scale_ptr, q_ptr, scale_ptr, row_scale_ptr,
+    M, K: tl.constexpr, act_clip,
+    stride_xm, stride_xk, stride_qm, stride_sm,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    MAN_BITS: tl.constexpr, MIN_EXP: tl.constexpr, MAX_VALUE: tl.constexpr,
+    STATIC: tl.constexpr, FP8_SCALES: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    """Rows [BLOCK_R] × groups [BLOCK_G] × elements [GROUP_PAD] per step. Writes q (uint8 E4M3 bytes, [M, K]);
+    dynamic: scale [M, K/g] (FP32 scales, or the E4M3 values of FP8 scales) and, with FP8_SCALES, row_scale [M]."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    gi = tl.arange(0, BLOCK_G)
+    el = tl.arange(0, GROUP_PAD)
+    row_ok = rows < M
+    groups: tl.constexpr = K // GROUP
+
+    if FP8_SCALES:  # pass 1: the row's FP32 scale = its largest group scale / 448 (1 for an all-zero row)
+        row_max = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for c0 in range(0, K, BLOCK_G * GROUP):
+            g0 = c0 // GROUP
+            g_ok = g0 + gi < groups
+            cols = (g0 + gi)[None, :, None] * GROUP + el[None, None, :]
+            mask = row_ok[:, None, None] & g_ok[None, :, None] & (el < GROUP)[None, None, :]
+            x = tl.load(x_ptr + rows[:, None, None] * stride_xm + cols * stride_xk, mask=mask, other=0.0)
+            s = scale_from_amax(tl.max(tl.abs(x.to(tl.float32)), axis=2), act_clip, MAX_VALUE, 0.0)
+            row_max = tl.maximum(row_max, tl.max(s, axis=1))
+        row_scale = tl.where(row_max > 0, tl.math.div_rn(row_max, E4M3_MAX), 1.0)
+        tl.store(row_scale_ptr + rows, row_scale, mask=row_ok)
+
+    for c0 in range(0, K, BLOCK_G * GROUP):
+        g0 = c0 // GROUP
+        g_ok = g0 + gi < groups
+        cols = (g0 + gi)[None, :, None] * GROUP + el[None, None, :]
+        mask = row_ok[:, None, None] & g_ok[None, :, None] & (el < GROUP)[None, None, :]
+        x = tl.load(x_ptr + rows[:, None, None] * stride_xm + cols * stride_xk, mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        s_mask = row_ok[:, None] & g_ok[None, :]
+        s_ptrs = scale_ptr + rows[:, None] * stride_sm + (g0 + gi)[None, :]
+        if STATIC:
+            s = tl.load(static_scale_ptr + g0 + gi, mask=g_ok, other=1.0)[None, :]
+        elif FP8_SCALES:
+            s = scale_from_amax(tl.max(tl.abs(x), axis=2), act_clip, MAX_VALUE, 0.0)
+            v = round_to_grid(tl.math.div_rn(s, row_scale[:, None]), 3, -6, E4M3_MAX)
+            v = tl.maximum(v, E4M3_SMALLEST)
+            tl.store(s_ptrs, v, mask=s_mask)
+            s = v * row_scale[:, None]
+        else:
+            s = scale_from_amax(tl.max(tl.abs(x), axis=2), act_clip, MAX_VALUE, 1.0)
+            tl.store(s_ptrs, s, mask=s_mask)
+        q = quantize_values(x, s[:, :, None], MAN_BITS, MIN_EXP, MAX_VALUE)
+        q = q.to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # exact: grid values are E4M3 values
+        tl.store(q_ptr + rows[:, None, None] * stride_qm + cols, q, mask=mask)
+
+
+def _gemm_configs():
+    if INTERPRETED:  # the interpreter runs one program at a time in numpy: few, large-enough tiles
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+    shapes = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (64, 128, 4, 4),
+              (128, 64, 4, 4), (64, 64, 4, 3)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in shapes]
+
+
+@triton.jit
+def fp4_gemm_kernel(
+    a_ptr, a_scale_ptr, a_row_scale_ptr, w_ptr, w_scale_ptr, w_tensor_scale_ptr, bias_ptr, out_ptr,
+    M, N, K: tl.constexpr, act_clip,
+    stride_am, stride_ak, stride_asm, stride_asg, stride_wn, stride_wsn, stride_wsg, stride_om, stride_on,
+    GROUP: tl.constexpr, ONE_GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_LUT_LO: tl.constexpr, W_LUT_HI: tl.constexpr, W_SCALE_FP8: tl.constexpr,
+    A_MODE: tl.constexpr, A_STATIC: tl.constexpr,
+    A_MAN_BITS: tl.constexpr, A_MIN_EXP: tl.constexpr, A_MAX: tl.constexpr,
+    HAS_ROW_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """out[M, N] = dequant(A) @ dequant(W)ᵀ (+ bias), one output tile per program.
+
+    A_MODE 0: A is uint8 E4M3 bytes with scales a_scale[m, group] (row stride 0 for static scales) and, if
+    HAS_ROW_SCALE, a_row_scale[m]. 1: A is float x (W4A16), the weights are converted to its dtype.
+    2: A is float x quantized here, group by group (static scales from a_scale, or dynamic FP32 scales)."""
+    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_kb = tl.arange(0, BLOCK_K // 2)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    groups: tl.constexpr = K // GROUP
+    SUB: tl.constexpr = 1 if ONE_GROUP else BLOCK_K // GROUP  # groups per K-step
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = k0 + offs_k < K
+        a = tl.load(a_ptr + offs_m[:, None] * stride_am + (k0 + offs_k)[None, :] * stride_ak,
+                    mask=m_ok[:, None] & k_ok[None, :], other=0)
+        if A_MODE == 0:
+            a = a.to(tl.float8e4nv, bitcast=True)
+        elif A_MODE == 2:
+            x = a.to(tl.float32)
+            if A_STATIC:
+                a_sc = tl.load(a_scale_ptr + ((k0 + offs_k) // GROUP) * stride_asg, mask=k_ok, other=1.0)
+                x_sc = a_sc[None, :]
+            else:
+                amax = tl.max(tl.abs(tl.reshape(x, (BLOCK_M, SUB, GROUP))), axis=2)
+                a_sc = scale_from_amax(amax, act_clip, A_MAX, 1.0)  # [BLOCK_M, SUB]
+                x_sc = tl.reshape(tl.broadcast_to(a_sc[:, :, None], (BLOCK_M, SUB, GROUP)), (BLOCK_M, BLOCK_K))
+            a = quantize_values(x, x_sc, A_MAN_BITS, A_MIN_EXP, A_MAX).to(tl.float8e4nv)
+
+        packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 // 2 + offs_kb)[None, :],
+                         mask=n_ok[:, None] & (k0 // 2 + offs_kb < K // 2)[None, :], other=0)
+        codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_N, BLOCK_K))  # low nibble first
+        w = fp4_to_fp8(codes, W_LUT_LO, W_LUT_HI)
+        if A_MODE == 1:
+            if DOT_IEEE:  # FP32 activations (and the interpreter, whose bf16 dot is unreliable): FP32 dot
+                a = a.to(tl.float32)
+                w = w.to(tl.float32)
+            else:
+                w = w.to(tl.float32).to(a.dtype)  # via FP32: sm_89 has no direct FP8 -> bf16 conversion
+        w = tl.trans(w)
+
+        if ONE_GROUP:
+            if DOT_IEEE:
+                acc = tl.dot(a, w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, w, acc)
+        else:
+            for j in tl.static_range(SUB):
+                grp = k0 // GROUP + j
+                if SUB == 1:
+                    a_j = a
+                else:  # one dot per group: the other groups' columns of A are zeroed
+                    a_j = tl.where((offs_k // GROUP == j)[None, :], a, tl.zeros_like(a))
+                if DOT_IEEE:
+                    partial = tl.dot(a_j, w, input_precision="ieee")
+                else:
+                    partial = tl.dot(a_j, w)
+                g_ok = grp < groups
+                sw = tl.load(w_scale_ptr + offs_n * stride_wsn + grp * stride_wsg, mask=n_ok & g_ok, other=0)
+                if W_SCALE_FP8:
+                    sw = sw.to(tl.float8e4nv, bitcast=True)
+                sw = sw.to(tl.float32)
+                if A_MODE == 0:
+                    sa = tl.load(a_scale_ptr + offs_m * stride_asm + grp * stride_asg, mask=m_ok & g_ok, other=0.0)
+                    scale = sa[:, None] * sw[None, :]
+                elif A_MODE == 1:
+                    scale = sw[None, :]
+                elif A_STATIC:
+                    sa = tl.load(a_scale_ptr + grp * stride_asg, mask=g_ok, other=0.0)
+                    scale = sa * sw[None, :]
+                elif SUB == 1:
+                    scale = tl.reshape(a_sc, (BLOCK_M,))[:, None] * sw[None, :]
+                else:
+                    sa = tl.sum(tl.where((tl.arange(0, SUB) == j)[None, :], a_sc, 0.0), axis=1)
+                    scale = sa[:, None] * sw[None, :]
+                acc = acc + partial * scale
+
+    if ONE_GROUP:  # the single group's scales, once
+        sw = tl.load(w_scale_ptr + offs_n * stride_wsn, mask=n_ok, other=0)
+        if W_SCALE_FP8:
+            sw = sw.to(tl.float8e4nv, bitcast=True)
+        sw = sw.to(tl.float32)
+        if A_MODE == 0:
+            sa = tl.load(a_scale_ptr + offs_m * stride_asm, mask=m_ok, other=0.0)
+            acc = acc * (sa[:, None] * sw[None, :])
+        else:
+            acc = acc * sw[None, :]
+
+    if HAS_ROW_SCALE or W_SCALE_FP8:  # per-tensor (weights) and per-row (activations) FP32 scales
+        t = tl.full((BLOCK_M,), 1.0, tl.float32)
+        if HAS_ROW_SCALE:
+            t = tl.load(a_row_scale_ptr + offs_m, mask=m_ok, other=1.0)
+        if W_SCALE_FP8:
+            t = t * tl.load(w_tensor_scale_ptr)
+        acc = acc * t[:, None]
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on,
+             acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+fp4_gemm_kernel_tuned = triton.autotune(
+    configs=_gemm_configs(), key=["M", "N", "K", "GROUP", "A_MODE", "ONE_GROUP", "W_SCALE_FP8"])(fp4_gemm_kernel)
+
+
+# ----------------------------------------------------------------------------------------- launch
+def gemm_grid(M: int, N: int, BLOCK_M: int, BLOCK_N: int) -> tuple[int]:
+    return (triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N),)
+
+
+def act_quant_blocks(group_size: int, groups: int) -> tuple[int, int, int]:
+    """(GROUP_PAD, BLOCK_G, BLOCK_R) for the activation quantization: about 4K elements per step."""
+    pad = triton.next_power_of_2(group_size)
+    block_g = max(1, min(triton.next_power_of_2(groups), 512 // pad))
+    block_r = max(1, min(8, 4096 // (pad * block_g)))
+    return pad, block_g, block_r
+
+
+def act_quant_grid(M: int, BLOCK_R: int) -> tuple[int]:
+    return (triton.cdiv(M, BLOCK_R),)
+
+
+def _format_constants(fmt_name: str) -> tuple[int, int, float]:
+    """(mantissa bits, smallest normal exponent, largest value) of a float format: the rounding constants."""
+    fmt = get_format(fmt_name)
+    if not isinstance(fmt, FloatFormat):
+        raise TrtqError(f"FP4 kernels quantize to float formats, got {fmt_name}")
+    return fmt.man_bits, fmt.min_normal_exp, fmt.max_value
+
+
+def _fp4_lookup(fmt_name: str) -> tuple[int, int]:
+    """(LUT_LO, LUT_HI): the E4M3 bytes of the format's 8 magnitudes, four per int32. Refuses a format whose
+    values are not all exact in E4M3 (the GEMM would silently round them)."""
+    mags = get_format(fmt_name).decode(torch.arange(8))
+    e4m3 = mags.to(torch.float8_e4m3fn)
+    if not torch.equal(e4m3.float(), mags):
+        raise TrtqError(f"{fmt_name} values {mags.tolist()} are not all exact in FP8 E4M3")
+    b = e4m3.view(torch.uint8).tolist()
+    return b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24, b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24
+
+
+# Built once at import: under torch.compile the launch code runs on fake tensors, which hold no data.
+FORMAT_CONSTANTS = {name: _format_constants(name) for name in ACT_FORMATS}
+FP4_LOOKUP = {name: _fp4_lookup(name) for name in FP4_FORMATS}
+
+
+def quantize_activations(rows: torch.Tensor, act_scale, act_format: str, group_size: int, fp8_scales: bool,
+                         act_clip: float):
+    """The activation-quantization kernel: rows [M, K] -> (q uint8 [M, K], scale, row_scale or None).
+
+    scale is [M, K/g] (dynamic) or the static [K/g] tensor itself (the GEMM reads it with row stride 0)."""
+    from torch.library import wrap_triton
+
+    m, k = rows.shape
+    groups = k // group_size
+    static = act_scale is not None
+    q = torch.empty(m, k, dtype=torch.uint8, device=rows.device)
+    scale = act_scale.float().contiguous() if static else torch.empty(m, groups, device=rows.device)
+    row_scale = torch.empty(m, device=rows.device) if fp8_scales and not static else None
+    pad, block_g, block_r = act_quant_blocks(group_size, groups)
+    man, min_exp, fmax = FORMAT_CONSTANTS[act_format]
+    wrap_triton(act_quant_kernel)[act_quant_grid(m, block_r)](
+        rows, scale, q, scale, scale if row_scale is None else row_scale,
+        m, k, float(act_clip),
+        rows.stride(0), rows.stride(1), q.stride(0), 0 if static else scale.stride(0),
+        GROUP=group_size, GROUP_PAD=pad, MAN_BITS=man, MIN_EXP=min_exp, MAX_VALUE=fmax,
+        STATIC=static, FP8_SCALES=fp8_scales and not static, BLOCK_R=block_r, BLOCK_G=block_g)
+    return q, scale, row_scale
+
+
+def fp4_group_gemm(x: torch.Tensor, weight_packed: torch.Tensor, weight_scale: torch.Tensor,
+                   weight_tensor_scale: torch.Tensor | None, bias: torch.Tensor | None,
+                   act_scale: torch.Tensor | None, weight_format: str, act_format: str, group_size: int,
+                   scale_format: str, act_clip: float, fuse_act_quant: bool = False) -> torch.Tensor:
+    """The op's Triton implementation (same arguments as `torch.ops.trtq.fp4_group_gemm`).
+
+    fuse_act_quant: quantize activations inside the GEMM's A-load instead of in a separate kernel; only for
+    FP32 activation scales (static, or dynamic with group_size < K), else the separate kernel runs."""
+    from torch.library import wrap_triton
+
+    n, k = weight_packed.shape[0], weight_packed.shape[1] * 2
+    g = group_size
+    rows = x.reshape(-1, k)
+    m = rows.shape[0]
+    fp8_scales = scale_format != "float32"
+    one_group = g == k
+    static = act_scale is not None
+    fuse = fuse_act_quant and act_format != "none" and not one_group and (static or not fp8_scales)
+
+    a_scale = a_row_scale = None
+    if act_format == "none":
+        a, mode = rows, A_FLOAT
+    elif fuse:
+        a, mode = rows, A_FUSED
+        a_scale = act_scale.float().contiguous() if static else None
+    else:
+        a, a_scale, a_row_scale = quantize_activations(rows, act_scale, act_format, g, fp8_scales, act_clip)
+        mode = A_CODES
+    a_stride_m = 0 if (a_scale is None or static) else a_scale.stride(0)
+
+    # The interpreter converts FP32 to bf16/fp16 by truncation (GPUs round to nearest even): store FP32 there.
+    out_dtype = torch.float32 if INTERPRETED else x.dtype
+    out = torch.empty(m, n, dtype=out_dtype, device=x.device)
+    lo, hi = FP4_LOOKUP[weight_format]
+    a_man, a_min_exp, a_max = FORMAT_CONSTANTS[act_format] if mode == A_FUSED else (0, 0, 1.0)
+    dummy = weight_scale  # any tensor: pointers of absent inputs are never read
+    wrap_triton(fp4_gemm_kernel_tuned)[lambda meta: gemm_grid(m, n, meta["BLOCK_M"], meta["BLOCK_N"])](
+        a, dummy if a_scale is None else a_scale, dummy if a_row_scale is None else a_row_scale,
+        weight_packed, weight_scale, dummy if weight_tensor_scale is None else weight_tensor_scale,
+        dummy if bias is None else bias, out,
+        m, n, k, float(act_clip),
+        a.stride(0), a.stride(1), a_stride_m, 1, weight_packed.stride(0), weight_scale.stride(0),
+        weight_scale.stride(1), out.stride(0), out.stride(1),
+        GROUP=g, ONE_GROUP=one_group, BLOCK_K=gemm_block_k(g, one_group),
+        W_LUT_LO=lo, W_LUT_HI=hi, W_SCALE_FP8=fp8_scales,
+        A_MODE=mode, A_STATIC=static, A_MAN_BITS=a_man, A_MIN_EXP=a_min_exp, A_MAX=a_max,
+        HAS_ROW_SCALE=a_row_scale is not None, HAS_BIAS=bias is not None,
+        # bf16/fp16 x FP4 products are exact in FP32, so an FP32 dot computes the same W4A16 block sums
+        DOT_IEEE=mode == A_FLOAT and (x.dtype == torch.float32 or INTERPRETED))
+    return out.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+def gemm_block_k(group_size: int, one_group: bool) -> int:
+    """K per step: one group (at least 32, the FP8 MMA's K), or 128 when the whole K is one group."""
+    return 128 if one_group else max(group_size, 32)
+
+
+# ----------------------------------------------------------------------------------------- ahead of time
+def gemm_signature(x_dtype: str = "bf16", act_format: str = "fp4_e2m1", weight_format: str = "fp4_e2m1",
+                   group_size: int = 32, K: int = 1152, scale_format: str = "float32", bias: bool = True,
+                   static: bool = False, fused: bool = False, BLOCK_M: int = 128, BLOCK_N: int = 128,
+                   GROUP_M: int = 8) -> tuple[dict, dict]:
+    """(signature, constexprs) of `fp4_gemm_kernel` for `triton.compile(ASTSource(...))`: what a TensorRT
+    plugin's ahead-of-time build needs. x_dtype is the activation/output Triton dtype ("bf16", "fp16", "fp32")."""
+    fp8_scales = scale_format != "float32"
+    one_group = group_size == K
+    mode = A_FLOAT if act_format == "none" else A_FUSED if fused else A_CODES
+    a_man, a_min_exp, a_max = FORMAT_CONSTANTS[act_format] if mode == A_FUSED else (0, 0, 1.0)
+    lo, hi = FP4_LOOKUP[weight_format]
+    pointers = {"a_ptr": "*u8" if mode == A_CODES else f"*{x_dtype}", "a_scale_ptr": "*fp32",
+                "a_row_scale_ptr": "*fp32", "w_ptr": "*u8", "w_scale_ptr": "*u8" if fp8_scales else "*fp32",
+                "w_tensor_scale_ptr": "*fp32", "bias_ptr": f"*{x_dtype}", "out_ptr": f"*{x_dtype}"}
+    ints = ["M", "N", "stride_am", "stride_ak", "stride_asm", "stride_asg", "stride_wn", "stride_wsn",
+            "stride_wsg", "stride_om", "stride_on"]
+    constexprs = dict(
+        K=K, GROUP=group_size, ONE_GROUP=one_group, BLOCK_K=gemm_block_k(group_size, one_group), W_LUT_LO=lo,
+        W_LUT_HI=hi, W_SCALE_FP8=fp8_scales, A_MODE=mode, A_STATIC=static, A_MAN_BITS=a_man, A_MIN_EXP=a_min_exp,
+        A_MAX=a_max, HAS_ROW_SCALE=fp8_scales and not static and mode == A_CODES, HAS_BIAS=bias,
+        DOT_IEEE=mode == A_FLOAT and x_dtype == "fp32", BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, GROUP_M=GROUP_M)
+    signature = {**pointers, **{name: "i32" for name in ints}, "act_clip": "fp32",
+                 **{name: "constexpr" for name in constexprs}}
+    return signature, constexprs
+
+
+def compile_gemm(arch: int, num_warps: int = 8, num_stages: int = 3, **kwargs):
+    """Compile `fp4_gemm_kernel` for an NVIDIA arch (90 = Hopper, 89 = Ada) without a GPU; returns the
+    compiled kernel (`.asm["ptx"]`, `.asm["cubin"]`, `.metadata.shared`). Not under TRITON_INTERPRET."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs = gemm_signature(**kwargs)
+    src = ASTSource(fn=fp4_gemm_kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def compile_act_quant(arch: int, x_dtype: str = "bf16", act_format: str = "fp4_e2m1", group_size: int = 16,
+                      K: int = 1152, fp8_scales: bool = True, static: bool = False, num_warps: int = 4):
+    """Compile `act_quant_kernel` for an NVIDIA arch without a GPU (see `compile_gemm`)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    pad, block_g, block_r = act_quant_blocks(group_size, K // group_size)
+    man, min_exp, fmax = FORMAT_CONSTANTS[act_format]
+    constexprs = dict(K=K, GROUP=group_size, GROUP_PAD=pad, MAN_BITS=man, MIN_EXP=min_exp, MAX_VALUE=fmax,
+                      STATIC=static, FP8_SCALES=fp8_scales and not static, BLOCK_R=block_r, BLOCK_G=block_g)
+    signature = {"x_ptr": f"*{x_dtype}", "static_scale_ptr": "*fp32", "q_ptr": "*u8", "scale_ptr": "*fp32",
+                 "row_scale_ptr": "*fp32", "M": "i32", "act_clip": "fp32", "stride_xm": "i32", "stride_xk": "i32",
+                 "stride_qm": "i32", "stride_sm": "i32", **{name: "constexpr" for name in constexprs}}
+    src = ASTSource(fn=act_quant_kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
