@@ -1,6 +1,7 @@
 """The W8A8 table (docs/w8a8.md): where W8A8 loses quality on the zoo models, and the deployable recipes.
 
-    python -m trtq.eval.tables.w8a8 [--samples 300] [--steps 20] [--device cpu] [--out docs/w8a8.md]
+    python -m trtq.eval.tables.w8a8 [--samples 300] [--steps 20] [--device cpu] [--models ...] [--recipes ...]
+                                    [--no-sensitivity] [--section NAME] [--out docs/w8a8.md]
 
 1. Sensitivity: one layer class at a time (attention qkv / out, MLP fc1 / fc2, adaLN modulation, embedders,
    final layer, ...) is quantized as w8a8-minmax (INT8 per-channel weights, INT8 per-tensor static
@@ -9,7 +10,7 @@
    timesteps; calibration uses its own seed): forward passes only, so every class of both models is cheap.
 2. Recipes: FP, w8a8-minmax, the three deployable W8A8 recipes and nvidia-modelopt's INT8 and FP8 baselines,
    sampled from the same noise, with bootstrap intervals.
-The generated part of the markdown sits between two markers; the prose around it is kept when re-run.
+Each run replaces its own generated block (`--section`) in the markdown; other blocks and the prose stay.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from trtq.pipeline import DigitsPipeline, balanced_labels
 from trtq.quantize import quantize
 from trtq.recipes import Recipe
 
-BEGIN, END = "<!-- w8a8-table:begin -->", "<!-- w8a8-table:end -->"
+MARKER = "<!-- w8a8-table:{section}:{end} -->"
 MODELS = ("digits-dit", "digits-unet")
 RECIPES = ("w8a8-minmax", "w8a8-fp8", "w8a8-smoothquant", "w8a8-dynamic", "modelopt-int8", "modelopt-fp8")
 
@@ -110,7 +111,10 @@ def eps_sqnr_db(model, denoiser: nn.Module, calls: list[tuple], reference: list[
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
 
 
-def sensitivity(model, cfg: SamplingConfig, samples: int = 20) -> list[dict]:
+MODES = {"w8a8": (True, True), "w8": (True, False), "a8": (False, True)}
+
+
+def sensitivity(model, cfg: SamplingConfig, samples: int = 20, modes=tuple(MODES)) -> list[dict]:
     """Per layer class, with W8A8 / weights only / activations only on that class alone: the SQNR of the noise
     prediction on FP trajectories (one step's error) and the PSNR of the final images against FP sampled from
     the same noise (what the errors add up to over the trajectory)."""
@@ -132,24 +136,28 @@ def sensitivity(model, cfg: SamplingConfig, samples: int = 20) -> list[dict]:
     classes = {**LAYER_CLASSES[model.name], "all layers": ["*"]}
     for cls, patterns in classes.items():
         row = {"class": cls, "patterns": patterns}
-        for key, w, a in (("w8a8", True, True), ("w8", True, False), ("a8", False, True)):
+        for key in modes:
+            w, a = MODES[key]
             recipe = class_recipe(patterns, w, a, f"sens-{key}")
             denoiser = quantize(copy.deepcopy(model.denoiser).eval(), recipe, calib)
             row[key] = eps_sqnr_db(model, denoiser, calls, reference)
             row[f"{key}_psnr"] = psnr_db(images(denoiser), fp_images)
         rows.append(row)
-        print(f"[{model.name}] {cls:<28} eps SQNR W8A8 {row['w8a8']:6.2f} W8 {row['w8']:6.2f} A8 {row['a8']:6.2f} | "
-              f"image PSNR W8A8 {row['w8a8_psnr']:6.2f} W8 {row['w8_psnr']:6.2f} A8 {row['a8_psnr']:6.2f}", flush=True)
+        print(f"[{model.name}] {cls:<28} " + " ".join(f"{k}: eps SQNR {row[k]:6.2f} image PSNR {row[k + '_psnr']:6.2f}"
+                                                    for k in modes), flush=True)
     return rows
 
 
-def recipe_rows(model, cfg: SamplingConfig, classifier, reference, recipes) -> list[dict]:
+def recipe_rows(model, cfg: SamplingConfig, classifier, reference, recipes, on_row=lambda rows: None) -> list[dict]:
+    """FP and each recipe from the same noise; `on_row(rows)` after every row (the table is written as it grows)."""
     ev = Evaluator(model, cfg, classifier, reference)
     rows = [ev.run_fp()]
     print(f"[{model.name}] fp32 FID {format_interval(rows[0]['fid'], rows[0]['fid_ci'])}", flush=True)
+    on_row(rows)
     for recipe in recipes:
         result, _ = ev.run(QuantSpec(recipe=recipe))
         rows.append(result)
+        on_row(rows)
         print(f"[{model.name}] {recipe} FID {format_interval(result['fid'], result['fid_ci'])} "
               f"ΔFID {format_interval(result['fid_delta'], result['fid_delta_ci'], '+.2f')} "
               f"acc {format_interval(result['accuracy'], result['accuracy_ci'], '.1%')}", flush=True)
@@ -172,8 +180,9 @@ def markdown(result: dict) -> str:
                       "| layer class | layers | eps SQNR W8A8 | W8 only | A8 only | image PSNR W8A8 | W8 only | A8 only |",
                       "|---|---|---:|---:|---:|---:|---:|---:|"]
             for r in rows:
-                lines.append(f"| {r['class']} | `{'`, `'.join(r['patterns'])}` | {r['w8a8']:.1f} | {r['w8']:.1f} | "
-                             f"{r['a8']:.1f} | {r['w8a8_psnr']:.1f} | {r['w8_psnr']:.1f} | {r['a8_psnr']:.1f} |")
+                cells = [r.get(k) for k in ("w8a8", "w8", "a8", "w8a8_psnr", "w8_psnr", "a8_psnr")]
+                lines.append(f"| {r['class']} | `{'`, `'.join(r['patterns'])}` | " +
+                             " | ".join("—" if v is None else f"{v:.1f}" for v in cells) + " |")
             lines.append("")
     if result.get("recipes"):
         lines += ["### Recipes", "",
@@ -195,13 +204,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: Path, text: str) -> None:
-    block = f"{BEGIN}\n{text}\n{END}"
-    if path.is_file() and BEGIN in path.read_text():
-        head, rest = path.read_text().split(BEGIN, 1)
-        body = head + block + rest.split(END, 1)[1]
+def write_doc(path: Path, text: str, section: str) -> None:
+    """Replace the generated block of `section` in `path` (other sections and the prose stay), or append it."""
+    begin, end = MARKER.format(section=section, end="begin"), MARKER.format(section=section, end="end")
+    block = f"{begin}\n{text}\n{end}"
+    old = path.read_text() if path.is_file() else "# W8A8 on the zoo models\n"
+    if begin in old:
+        head, rest = old.split(begin, 1)
+        body = head + block + rest.split(end, 1)[1]
     else:
-        body = f"# W8A8 on the zoo models\n\n{block}\n"
+        body = old.rstrip("\n") + f"\n\n{block}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(body)
 
@@ -214,9 +226,12 @@ def main(argv=None) -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--recipes", nargs="*", default=list(RECIPES), help="recipe rows (default: all; none: skip)")
     p.add_argument("--no-sensitivity", action="store_true")
+    p.add_argument("--sensitivity-modes", nargs="+", default=list(MODES), choices=list(MODES),
+                   help="w8a8 (both), w8 (weights only), a8 (inputs only); default all three")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default="docs/w8a8.md")
+    p.add_argument("--section", default="main", help="name of the generated block in --out that this run replaces")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -227,20 +242,27 @@ def main(argv=None) -> None:
               "torch": torch.__version__, "samples": args.samples, "steps": args.steps,
               "sensitivity_samples": args.sensitivity_samples, "sensitivity": {}, "recipes": {}}
     classifier = load_classifier()
+    out = Path(args.out)
+    data = out.with_name(f"{out.stem}-{args.section}.json")
+
+    def write() -> None:
+        write_doc(out, markdown(result), args.section)
+        data.write_text(json.dumps(result, indent=2) + "\n")
+
     for name in args.models:
         start = time.perf_counter()
         model = load_model(name).to(args.device)
         cfg = SamplingConfig(samples=args.samples, steps=args.steps, progress=False, device=args.device)
         if not args.no_sensitivity:
-            result["sensitivity"][name] = sensitivity(model, cfg, args.sensitivity_samples)
+            result["sensitivity"][name] = sensitivity(model, cfg, args.sensitivity_samples, args.sensitivity_modes)
         if args.recipes:
             reference = load_digits_images(model.sample_size)[0]
-            result["recipes"][name] = recipe_rows(model, cfg, classifier, reference, args.recipes)
+            result["recipes"][name] = recipe_rows(model, cfg, classifier, reference, args.recipes,
+                                                  on_row=lambda rows, name=name: (result["recipes"].update({name: rows}),
+                                                                                  write()))
         print(f"[{name}] done in {time.perf_counter() - start:.0f} s", flush=True)
-    out = Path(args.out)
-    write_doc(out, markdown(result))
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.json')}")
+    write()
+    print(f"wrote {out} and {data}")
 
 
 if __name__ == "__main__":
