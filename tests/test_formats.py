@@ -310,3 +310,32 @@ def test_format_registry_types():
     assert isinstance(get_format("int8"), IntFormat)
     assert isinstance(get_format("fp8_e4m3"), FloatFormat)
     assert set(FORMATS) == {"int8", "int4", "fp8_e4m3", "fp4_e2m1", "fp4_e3m0", "fp4_e1m2"}
+
+
+# =============================================================================== review defects
+def test_fp8_decode_nan_codes_are_nan():
+    fmt = get_format("fp8_e4m3")
+    dec = fmt.decode(torch.tensor([0x7F, 0xFF, 0x7E, 0xFE], dtype=torch.uint8))
+    assert torch.isnan(dec[:2]).all()
+    assert dec[2:].tolist() == [448.0, -448.0]
+    # torch's own float8_e4m3fn agrees on the NaN codes
+    ref = torch.tensor([0x7F, 0xFF], dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    assert torch.isnan(ref).all()
+
+
+@pytest.mark.parametrize("name", ["fp4_e2m1", "fp4_e3m0", "fp4_e1m2", "fp8_e4m3"])
+def test_float_round_float64_rounds_once(name):
+    fmt = get_format(name)
+    grid = fmt.grid().double()
+    pos = grid[grid >= 0]
+    mids = (pos[:-1] + pos[1:]) / 2
+    tiny = 2.0 ** -40  # below float32's resolution at these magnitudes: float32 would land on the tie
+    up, down = fmt.round(mids + tiny * mids), fmt.round(mids - tiny * mids)
+    assert up.dtype == torch.float64
+    assert torch.equal(up, pos[1:]) and torch.equal(down, pos[:-1])
+    assert torch.equal(fmt.round(-(mids + tiny * mids)), -pos[1:])
+
+
+def test_fp4_e2m1_quarter_plus_epsilon_is_half():
+    x = torch.tensor([0.25 + 2.0 ** -40], dtype=torch.float64)
+    assert get_format("fp4_e2m1").round(x).item() == 0.5

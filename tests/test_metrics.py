@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from trtq.eval.metrics import FrechetReference, bootstrap_interval, format_interval, weighted_mean
 from trtq.eval import (
     conditional_accuracy,
     digits_fid,
@@ -207,16 +208,71 @@ def test_summarize_keys_and_json():
         labels = clf(x).argmax(dim=1)
     ref = _images(n=30, h=16, w=16, seed=11)
 
-    same = summarize(x, x, labels, clf, ref)
-    assert set(same) == {"psnr_db", "ssim", "fid", "accuracy"}
+    same = summarize(x, x, labels, clf, ref, resamples=200)
+    assert set(same) == {"psnr_db", "ssim", "fid", "fid_ci", "accuracy", "accuracy_ci", "fid_delta",
+                         "fid_delta_ci", "bootstrap"}
+    assert same["fid_ci"][0] <= same["fid"] <= same["fid_ci"][1]
+    assert same["accuracy_ci"] == [1.0, 1.0]
+    assert same["fid_delta"] == 0.0 and same["fid_delta_ci"] == [0.0, 0.0]  # paired: identical sets, same draws
     assert same["psnr_db"] is None  # identical to FP
     assert same["ssim"] == pytest.approx(1.0)
     assert same["accuracy"] == pytest.approx(1.0)
     json.dumps(same, allow_nan=False)
 
-    noisy = summarize(x + 0.05, x, labels, clf, ref)
+    noisy = summarize(x + 0.05, x, labels, clf, ref, resamples=200)
     assert noisy["psnr_db"] == pytest.approx(10 * math.log10(4 / 0.05**2), abs=1e-6)
 
-    no_fp = summarize(x, None, labels, clf, ref)
-    assert no_fp["psnr_db"] is None and no_fp["ssim"] is None
+    no_fp = summarize(x, None, labels, clf, ref, resamples=200)
+    assert no_fp["psnr_db"] is None and no_fp["ssim"] is None and "fid_delta" not in no_fp
     assert math.isfinite(no_fp["fid"])
+
+
+# ---------------------------------------------------------------- bootstrap intervals
+
+def test_bootstrap_mean_interval_matches_normal_approximation_and_is_seeded():
+    hits = (torch.arange(400) % 5 != 0).double()  # accuracy 0.8 over 400 samples
+    lo, hi = bootstrap_interval(weighted_mean(hits), 400, resamples=2000, seed=3)
+    half = 1.96 * math.sqrt(0.8 * 0.2 / 400)  # binomial normal approximation: 0.039
+    assert lo == pytest.approx(0.8 - half, abs=0.01) and hi == pytest.approx(0.8 + half, abs=0.01)
+    assert (lo, hi) == bootstrap_interval(weighted_mean(hits), 400, resamples=2000, seed=3)
+    assert (lo, hi) != bootstrap_interval(weighted_mean(hits), 400, resamples=2000, seed=4)
+
+
+def test_bootstrap_counts_are_resamples_with_replacement():
+    seen = {}
+
+    def stat(counts):
+        seen["c"] = counts
+        return counts[:, 0]
+
+    bootstrap_interval(stat, 7, resamples=500)
+    c = seen["c"]
+    assert c.shape == (500, 7) and torch.all(c.sum(1) == 7) and torch.all(c == c.round())
+    assert c[:, 0].mean().item() == pytest.approx(1.0, abs=0.15)  # each sample drawn once on average
+
+
+def test_bootstrap_center_shifts_median_onto_estimate():
+    lo, hi = bootstrap_interval(lambda c: 5.0 + c[:, 0], 10, resamples=300)
+    clo, chi = bootstrap_interval(lambda c: 5.0 + c[:, 0], 10, center=2.0, resamples=300)
+    assert chi - clo == pytest.approx(hi - lo) and clo == pytest.approx(lo - 4.0)  # median of 5 + Bin(10, .1) is 6
+    with pytest.raises(ValueError):
+        bootstrap_interval(weighted_mean(torch.ones(1)), 1)
+
+
+def test_frechet_reference_matches_frechet_distance():
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(60, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(90, 6, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    ref = FrechetReference(b)
+    one = ref.distances(a, torch.ones(1, 60, dtype=torch.float64))
+    assert one.item() == pytest.approx(frechet_distance(a, b), rel=1e-8)
+    # a resample with multiplicities equals the distance of the explicitly repeated rows
+    counts = torch.zeros(1, 60, dtype=torch.float64)
+    counts[0, :30] = 2.0
+    assert ref.distances(a, counts).item() == pytest.approx(frechet_distance(a[:30].repeat(2, 1), b), rel=1e-8)
+
+
+def test_format_interval():
+    assert format_interval(3.8412, [3.1, 4.956]) == "3.84 [3.10, 4.96]"
+    assert format_interval(0.98, [0.955, 1.0], ".1%") == "98.0% [95.5%, 100.0%]"
+    assert format_interval(None, None) == "—" and format_interval(1.0, None) == "1.00"

@@ -458,10 +458,71 @@ def test_dynamic_qparams_3d_tokens():
     assert scale.shape == (2, 3, 2)
     expected = x.reshape(2, 3, 2, 8).abs().amax(-1) / 448
     assert torch.allclose(scale, expected, rtol=1e-6)
-    # per-tensor dynamic
+    # per-tensor dynamic: one scale per sample (dim 0), never across the batch
     st = QuantScheme(dynamic=True)
     scale, _ = dynamic_qparams(x, st)
-    assert scale.shape == () and scale.item() == pytest.approx(x.abs().max().item() / 127, rel=1e-6)
+    assert scale.shape == (2, 1, 1)
+    assert torch.allclose(scale.flatten(), x.abs().amax((1, 2)) / 127, rtol=1e-6)
+    # per-token dynamic: one scale per row of the last axis
+    sk = QuantScheme(granularity="token", dynamic=True)
+    scale, _ = dynamic_qparams(x, sk)
+    assert scale.shape == (2, 3, 1)
+    assert torch.allclose(scale, x.abs().amax(-1, keepdim=True) / 127, rtol=1e-6)
+    # per-channel dynamic: one scale per (sample, channel)
+    sc = QuantScheme(granularity="channel", axis=1, dynamic=True, symmetric=False)
+    scale, zp = dynamic_qparams(x, sc)
+    assert scale.shape == zp.shape == (2, 3, 1)
+    lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
+    assert torch.allclose(scale, (hi - lo) / 255, rtol=1e-6)
+
+
+def test_token_granularity_is_dynamic_only():
+    with pytest.raises(TrtqError, match="dynamic"):
+        QuantScheme(granularity="token")
+    with pytest.raises(TrtqError, match="axis"):
+        QuantScheme(granularity="token", axis=-1, dynamic=True)
+    assert "per-token" in QuantScheme(granularity="token", dynamic=True).describe()
+
+
+def _assert_batch_invariant(layer, x):
+    """The quantized input of each image is bit-identical alone and in the batch; the layer output agrees to
+    float rounding (the float conv/GEMM itself may sum in another order for another batch size)."""
+    q_batch, out_batch = layer.input_quantizer(x), layer(x)
+    for i in range(x.shape[0]):
+        assert torch.equal(layer.input_quantizer(x[i:i + 1]), q_batch[i:i + 1])
+        assert torch.allclose(layer(x[i:i + 1]), out_batch[i:i + 1], rtol=1e-5, atol=1e-5)
+
+
+_DYNAMIC_INPUTS = [
+    dict(granularity="tensor"),
+    dict(granularity="tensor", symmetric=False),
+    dict(granularity="token"),
+    dict(granularity="channel", axis=1),
+    dict(granularity="group", axis=-1, group_size=4),
+    dict(format="fp8_e4m3", granularity="group", axis=-1, group_size=4, scale_format="fp8_e4m3"),
+]
+
+
+@pytest.mark.parametrize("inp", _DYNAMIC_INPUTS, ids=lambda d: "-".join(str(v) for v in d.values()))
+def test_dynamic_linear_is_batch_invariant(inp):
+    """An image's output is the same alone and in a batch of 4 (classifier-free guidance doubles batches)."""
+    torch.manual_seed(0)
+    lin = QuantLinear.from_float(torch.nn.Linear(16, 8), QuantScheme(granularity="channel", axis=0),
+                                 QuantScheme(dynamic=True, **inp))
+    x = torch.randn(4, 5, 16, generator=_gen(21))
+    x[1] *= 50.0  # one loud image: with batch-wide scales it would coarsen the others' quantization
+    _assert_batch_invariant(lin, x)
+
+
+@pytest.mark.parametrize("inp", [dict(granularity="tensor"), dict(granularity="channel", axis=1),
+                                 dict(granularity="group", axis=1, group_size=4)], ids=["tensor", "channel", "group"])
+def test_dynamic_conv_is_batch_invariant(inp):
+    torch.manual_seed(0)
+    conv = QuantConv2d.from_float(torch.nn.Conv2d(8, 4, 3, padding=1), QuantScheme(granularity="channel", axis=0),
+                                  QuantScheme(dynamic=True, **inp))
+    x = torch.randn(4, 8, 6, 6, generator=_gen(22))
+    x[2] *= 50.0
+    _assert_batch_invariant(conv, x)
 
 
 def test_dynamic_tensor_quantizer_uses_live_tensor():
@@ -719,3 +780,16 @@ def test_quant_conv2d_fp4_group_weight_matches_manual():
     e2m1 = get_format("fp4_e2m1")
     wq = e2m1.round((w / se).clamp(-6, 6)) * se
     assert torch.allclose(q(x), F.conv2d(x, wq), rtol=1e-5, atol=1e-6)
+
+
+def test_fake_quantize_scale_gradient_is_lsq_straight_through():
+    """The docstring's claim: d/ds of fake_quantize is LSQ's round(x/s) - x/s inside the range and the clamp
+    bound outside (the exact derivative would be 0 almost everywhere)."""
+    s = QuantScheme()
+    x = torch.tensor([0.3, -1.26, 2.0, 100.0, -100.0])
+    scale = torch.tensor(0.1, requires_grad=True)
+    fake_quantize(x, scale, None, s).sum().backward()
+    v = x / 0.1
+    inside = v.abs() <= 127
+    expected = torch.where(inside, torch.round(v) - v, v.clamp(-128, 127).round())
+    assert scale.grad.item() == pytest.approx(expected.sum().item(), abs=1e-4)

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from trtq.eval.evaluate import Evaluator, QuantSpec, SamplingConfig
+from trtq.eval.metrics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, format_interval
 from trtq.pipeline import balanced_labels
 from trtq.zoo import ZOO_MODELS, load_classifier, load_digits_images, load_model
 
@@ -59,19 +60,24 @@ def _markdown(report: dict) -> str:
         f"{report['sampling']['samples']} samples per row (labels 0-9 in turn), "
         f"{report['sampling']['steps']} DDIM steps, classifier-free guidance; PSNR/SSIM against the FP samples "
         "from the same noise; digits-FID against the 1797 real digits in the classifier's feature space; "
-        "accuracy = the classifier agrees with the requested digit.", "",
-        "| model | recipe | digits-FID ↓ | PSNR vs FP (dB) ↑ | SSIM vs FP ↑ | accuracy ↑ | quantize (s) | sample (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "accuracy = the classifier agrees with the requested digit. Brackets: 95% bootstrap intervals over the "
+        f"samples ({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}); "
+        "ΔFID is the paired difference to FP (same noise, same resamples), the one to read when comparing rows.", "",
+        "| model | recipe | digits-FID ↓ [95% CI] | ΔFID vs FP [95% CI] | PSNR vs FP (dB) ↑ | SSIM vs FP ↑ | "
+        "accuracy ↑ [95% CI] | quantize (s) | sample (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in report["models"]:
         for r in m["results"]:
             fp = r["recipe"] == "fp32"
+            delta = "—" if fp else format_interval(r["fid_delta"], r["fid_delta_ci"], "+.2f")
             lines.append(
-                f"| {m['model']} | {r['recipe']} | {r['fid']:.2f} | {'—' if fp else _fmt(r['psnr_db'], '.2f')} | "
-                f"{'—' if fp else _fmt(r['ssim'], '.4f')} | {r['accuracy']:.1%} | "
+                f"| {m['model']} | {r['recipe']} | {format_interval(r['fid'], r['fid_ci'])} | {delta} | "
+                f"{'—' if fp else _fmt(r['psnr_db'], '.2f')} | {'—' if fp else _fmt(r['ssim'], '.4f')} | "
+                f"{format_interval(r['accuracy'], r['accuracy_ci'], '.1%')} | "
                 f"{r['seconds'].get('quantize', 0):.1f} | {r['seconds']['sample']:.1f} |")
         lines.append(f"| {m['model']} | *{report['sampling']['samples']} real digits* | "
-                     f"{m['real_digits_fid']:.2f} | | | | | |")
+                     f"{m['real_digits_fid']:.2f} | | | | | | |")
     lines += ["", "The *real digits* row is the digits-FID of as many real images (same label mix) as there are "
               "samples: what that sample size gives for the data itself.", "", f"Stage wall times (s): {json.dumps(report['stages'])}", "",
               "![grid](grid.png)", ""]
@@ -106,7 +112,8 @@ def run_demo(out: Path, samples: int = 100) -> dict:
         grids.append(_grid(rows, f"{name}: rows = recipes, same noise and labels"))
         stages[name] = round(time.perf_counter() - t0, 1)
         for r in results:
-            print(f"  {r['recipe']:<14} FID {r['fid']:7.2f}  acc {r['accuracy']:.1%}  "
+            print(f"  {r['recipe']:<16} FID {format_interval(r['fid'], r['fid_ci']):<22} "
+                  f"acc {format_interval(r['accuracy'], r['accuracy_ci'], '.1%'):<24} "
                   f"PSNR {_fmt(r['psnr_db'], '.2f') if r['recipe'] != 'fp32' else '—'}")
 
     width = max(g.width for g in grids)
@@ -126,6 +133,7 @@ def run_demo(out: Path, samples: int = 100) -> dict:
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "sampling": {"samples": samples, "steps": cfg.steps, "scheduler": cfg.scheduler,
                      "calib_samples": cfg.calib_samples},
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": BOOTSTRAP_LEVEL},
         "models": models,
         "stages": stages,
     }

@@ -102,13 +102,17 @@ class FloatFormat:
         return torch.cat([-mags.flip(0)[:-1], mags])
 
     def round(self, x: torch.Tensor) -> torch.Tensor:
-        """Round to the nearest representable value, ties to even mantissa, saturating at +-max_value."""
-        xf = x.float()
+        """Round to the nearest representable value, ties to even mantissa, saturating at +-max_value.
+
+        Computed in x's own precision when that is wider than FP32: rounding float64 through float32 first
+        would round twice (0.25 + 2^-40 would become the E2M1 tie 0.25, then 0 instead of 0.5).
+        """
+        xf = x if x.dtype == torch.float64 else x.float()
         mag = xf.abs()
         # frexp: mag = f * 2^k with f in [0.5, 1): the binade exponent is k-1, clamped at the subnormal range.
         _, k = torch.frexp(mag)
         e = torch.clamp(k - 1, min=self.min_normal_exp)
-        quantum = torch.pow(2.0, (e - self.man_bits).float())
+        quantum = torch.pow(2.0, (e - self.man_bits).to(xf.dtype))
         r = torch.round(mag / quantum) * quantum
         r = torch.clamp(r, max=self.max_value)
         return torch.where(torch.signbit(xf), -r, r).to(x.dtype)
@@ -124,9 +128,14 @@ class FloatFormat:
         return (idx.to(torch.int16) | sign).to(torch.uint8)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes -> values (float32); with `nan_code`, the all-ones magnitude (0x7F / 0xFF for E4M3) is NaN."""
         c = codes.to(torch.int64)
         sign_bit = 1 << (self.bits - 1)
-        mag = self._magnitudes.float()[(c & (sign_bit - 1)).clamp(max=len(self._magnitudes) - 1)]
+        idx = c & (sign_bit - 1)
+        mags = self._magnitudes.float().to(codes.device)
+        mag = mags[idx.clamp(max=len(mags) - 1)]
+        if self.nan_code:
+            mag = torch.where(idx == len(mags), torch.full_like(mag, float("nan")), mag)
         return torch.where((c & sign_bit) != 0, -mag, mag)
 
 

@@ -6,6 +6,11 @@ Layout of scales (`scale.shape`), for a tensor x and a scheme:
 - group:   x.shape with `axis` divided by the group size. When scales are *shared* (static activations) every
            other dim is 1 as well: one scale per group of channels for all tokens/pixels. Weights and dynamic
            activations keep the other dims: one scale per (row, group).
+- token:   x.shape with the last dim set to 1: one scale per row of the last axis (per token of a linear's
+           input; dynamic only).
+Dynamic (per-call) scales never span two samples: dim 0 is the batch, and a "tensor" scale becomes one scale
+per sample, a "channel" scale one per (sample, channel). An image's result then does not depend on the
+other images in its batch (classifier-free guidance doubles every batch).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ def to_rows(x: torch.Tensor, scheme: QuantScheme, shared: bool) -> torch.Tensor:
     """View x as [K, M]: one row per scale entry, in the order of the scale layout."""
     if scheme.granularity == "tensor":
         return x.reshape(1, -1)
+    if scheme.granularity == "token":
+        return x.reshape(-1, x.shape[-1])
     a = _axis(x, scheme)
     if scheme.granularity == "channel":
         return x.movedim(a, 0).reshape(x.shape[a], -1)
@@ -54,6 +61,8 @@ def to_rows(x: torch.Tensor, scheme: QuantScheme, shared: bool) -> torch.Tensor:
 def scale_shape(x: torch.Tensor, scheme: QuantScheme, shared: bool) -> tuple[int, ...]:
     if scheme.granularity == "tensor":
         return ()
+    if scheme.granularity == "token":
+        return (*x.shape[:-1], 1)
     a = _axis(x, scheme)
     n = x.shape[a] if scheme.granularity == "channel" else x.shape[a] // scheme.group_size
     if scheme.granularity == "channel" or shared:
@@ -148,7 +157,12 @@ def _round_ste(v: torch.Tensor, fmt, asymmetric: bool) -> torch.Tensor:
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, scheme: QuantScheme):
-    """Quantize then dequantize in float. Differentiable: STE for rounding, exact gradients for the scale."""
+    """Quantize then dequantize in float.
+
+    Differentiable through straight-through estimators, not exact derivatives (those are 0 almost
+    everywhere): x gets gradient 1 inside the clamp range and 0 outside; the scale gets LSQ's gradient,
+    round(x/s) - x/s inside the range and the clamp bound outside (without LSQ's 1/sqrt(N·qmax) factor).
+    """
     s = expand_scale(scale, x, scheme).to(x.dtype)
     if zero_point is None:
         return _round_ste(x / s, scheme.fmt, False) * s
@@ -156,9 +170,32 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     return (_round_ste(x / s + z, scheme.fmt, True) - z) * s
 
 
+def _per_sample_rows(x: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Dynamic tensor/channel layouts split by sample (dim 0): (rows [K, M], the scale shape)."""
+    b = x.shape[0]
+    if scheme.granularity == "tensor" or _axis(x, scheme) == 0:
+        return x.reshape(b, -1), (b, *[1] * (x.ndim - 1))
+    a = _axis(x, scheme)
+    c = x.shape[a]
+    # [B, C, rest]: rows in (sample, channel) order, which is also the order of the scale layout below.
+    return x.movedim(a, 1).reshape(b * c, -1), tuple(b if d == 0 else c if d == a else 1 for d in range(x.ndim))
+
+
 def dynamic_qparams(x: torch.Tensor, scheme: QuantScheme):
-    """Scales from the live tensor (per call): per-row min/max of the unshared layout, no gradient."""
-    rows = to_rows(x.detach(), scheme, shared=False)
+    """Scales from the live tensor (per call), no gradient; never across samples (see the module docstring).
+
+    Group and token scales already cover one row of one sample; tensor and channel scales are taken per
+    sample. FP8-coded scales (`scale_format`) share an FP32 scale, which is taken per sample as well.
+    """
+    x = x.detach()
+    if scheme.scale_format is not None and x.ndim > 1 and x.shape[0] > 1:
+        parts = [dynamic_qparams(x[i:i + 1], scheme)[0] for i in range(x.shape[0])]
+        return torch.cat(parts), None  # scale_format implies symmetric
+    if scheme.granularity in ("tensor", "channel") and x.ndim > 1:
+        rows, shape = _per_sample_rows(x, scheme)
+        scale, zp = qparams_from_range(rows.amin(1), rows.amax(1), scheme)
+        return scale.reshape(shape), None if zp is None else zp.reshape(shape)
+    rows = to_rows(x, scheme, shared=False)
     scale, zp = qparams_from_range(rows.amin(1), rows.amax(1), scheme)
     return rows_to_scale(scale, x, scheme, False), None if zp is None else rows_to_scale(zp, x, scheme, False)
 

@@ -14,7 +14,7 @@ from typing import Any
 from trtq.errors import TrtqError
 from trtq.formats import Format, get_format
 
-GRANULARITIES = ("tensor", "channel", "group")
+GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "mse")
 SCALE_FORMATS = ("fp8_e4m3",)
 
@@ -38,8 +38,10 @@ class QuantScheme:
         fmt = get_format(self.format)
         if self.granularity not in GRANULARITIES:
             raise TrtqError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if self.granularity == "tensor" and self.axis is not None:
-            raise TrtqError("per-tensor quantization takes no axis")
+        if self.granularity in ("tensor", "token") and self.axis is not None:
+            raise TrtqError(f"per-{self.granularity} quantization takes no axis")
+        if self.granularity == "token" and not self.dynamic:
+            raise TrtqError("per-token scales are computed per call: granularity 'token' needs dynamic: true")
         if self.granularity in ("channel", "group") and self.axis is None:
             raise TrtqError(f"{self.granularity} granularity needs an axis")
         if self.granularity == "group":
@@ -87,7 +89,7 @@ class QuantScheme:
         return cls(**data)
 
     def describe(self) -> str:
-        g = {"tensor": "per-tensor", "channel": f"per-channel(axis={self.axis})",
+        g = {"tensor": "per-tensor", "token": "per-token", "channel": f"per-channel(axis={self.axis})",
              "group": f"group(g={self.group_size}, axis={self.axis})"}[self.granularity]
         mode = "dynamic" if self.dynamic else f"static/{self.observer}"
         sym = "sym" if self.symmetric else "asym"

@@ -1,5 +1,8 @@
 """Evaluate a quantized zoo model against its float self: same noise, same labels, same scheduler.
 
+Every FID and accuracy comes with a seeded 95% bootstrap interval over the samples (`trtq.eval.metrics`);
+`fid_delta_ci` is the paired interval of the quantized-minus-FP FID difference.
+
 `QuantSpec` names what to evaluate: a trtq recipe, an artifact, or an outside baseline (nvidia-modelopt).
 Calibration data are (x_t, t) from the float model's own sampling trajectories, with a seed of their own,
 so the evaluation noise is never seen in calibration.
@@ -98,6 +101,15 @@ def quantized_denoiser(model, spec: QuantSpec, cfg: SamplingConfig) -> nn.Module
     return quantize(denoiser, spec.recipe, calibration_loop(model, cfg))
 
 
+def device_name(device: str) -> str:
+    """What a report says ran the model: the GPU's name, or the CPU's architecture and torch thread count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} torch threads)"
+
+
 @contextmanager
 def _timed(times: dict, key: str):
     start = time.perf_counter()
@@ -156,9 +168,10 @@ def evaluate(model_name: str, spec: QuantSpec, cfg: SamplingConfig) -> dict:
     result, _ = ev.run(spec)
     return {
         "model": model.name,
-        **{k: result[k] for k in ("recipe", "psnr_db", "ssim", "fid", "accuracy")},
-        "fp": {"fid": fp["fid"], "accuracy": fp["accuracy"]},
+        **{k: result[k] for k in ("recipe", "psnr_db", "ssim", "fid", "fid_ci", "accuracy", "accuracy_ci",
+                                  "fid_delta", "fid_delta_ci", "bootstrap")},
+        "fp": {k: fp[k] for k in ("fid", "fid_ci", "accuracy", "accuracy_ci")},
         "sampling": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-        "device": torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else "cpu",
+        "device": device_name(cfg.device),
         "seconds": {"fp_sample": fp["seconds"]["sample"], **result["seconds"]},
     }

@@ -15,7 +15,6 @@ import copy
 import datetime as _dt
 import io
 import json
-import platform
 import tempfile
 import time
 import warnings
@@ -26,8 +25,8 @@ import torch
 import yaml
 from torch import nn
 
-from trtq.eval.evaluate import Evaluator, QuantSpec, SamplingConfig, calibration_loop, quantized_denoiser
-from trtq.eval.metrics import summarize
+from trtq.eval.evaluate import Evaluator, QuantSpec, SamplingConfig, calibration_loop, device_name, quantized_denoiser
+from trtq.eval.metrics import format_interval, summarize
 from trtq.formats import get_format
 from trtq.nn.fp4_linear import FP4Linear
 from trtq.nn.modules import is_quantized
@@ -130,23 +129,24 @@ def _row(ev: Evaluator, label: str, key: str, variants: dict) -> dict:
     return {"label": label, "recipe": key, **metrics, "bytes": size, "formats": _formats(denoiser), "seconds": times}
 
 
-def run(samples: int, steps: int, all_rows: bool) -> dict:
+def run(samples: int, steps: int, all_rows: bool, device: str = "cpu") -> dict:
     from trtq.zoo import load_classifier, load_model
 
     classifier = load_classifier()
     out = {"date": _dt.date.today().isoformat(), "samples": samples, "steps": steps,
-           "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+           "machine": device_name(device),
            "torch": torch.__version__, "models": []}
     with tempfile.TemporaryDirectory() as tmp:
         variants = _variants(Path(tmp))
         for name in ("digits-dit", "digits-unet"):
             from trtq.zoo import load_digits_images
 
-            model = load_model(name)
-            cfg = SamplingConfig(samples=samples, steps=steps, progress=False)
+            model = load_model(name).to(device)
+            cfg = SamplingConfig(samples=samples, steps=steps, progress=False, device=device)
             ev = Evaluator(model, cfg, classifier, load_digits_images(model.sample_size)[0])
             fp = ev.run_fp()
-            rows = [{"label": "FP32", "recipe": "fp32", **{k: fp[k] for k in ("fid", "accuracy")},
+            rows = [{"label": "FP32", "recipe": "fp32",
+                     **{k: fp[k] for k in ("fid", "fid_ci", "accuracy", "accuracy_ci")},
                      "psnr_db": None, "ssim": None, "bytes": stored_weight_bytes(model.denoiser), "formats": "",
                      "seconds": fp["seconds"]}]
             print(f"[{name}] FP32 FID {fp['fid']:.2f}", flush=True)
@@ -169,21 +169,24 @@ def _cell(v, spec):
 
 def markdown_table(result: dict) -> str:
     lines = [f"{result['samples']} samples per row, {result['steps']} DDIM steps, {result['machine']}, "
-             f"torch {result['torch']}, {result['date']}.", ""]
+             f"torch {result['torch']}, {result['date']}. Brackets: 95% bootstrap intervals over the samples; "
+             "ΔFID = paired difference to FP (same noise, same resamples).", ""]
     for m in result["models"]:
         lines += [f"**{m['model']}**", "",
-                  "| configuration | recipe | digits-FID ↓ | PSNR vs FP (dB) ↑ | SSIM vs FP ↑ | accuracy ↑ | "
-                  "weights (bytes) | FP4 formats chosen | quantize (s) | sample (s) |",
-                  "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+                  "| configuration | recipe | digits-FID ↓ [95% CI] | ΔFID vs FP | PSNR vs FP (dB) ↑ | SSIM vs FP ↑ | "
+                  "accuracy ↑ [95% CI] | weights (bytes) | FP4 formats chosen | quantize (s) | sample (s) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         for r in m["rows"]:
             if "error" in r:
                 why = f"needs CUDA; {r['error']}" if "CUDA" in r["error"] else r["error"]
-                lines.append(f"| {r['label']} | {r['recipe']} | could not be measured here ({why}) | | | | | | | |")
+                lines.append(f"| {r['label']} | {r['recipe']} | could not be measured here ({why}) | | | | | | | | |")
                 continue
             s = r["seconds"]
             size = "—" if r["bytes"] is None else f"{r['bytes']:,}"
-            lines.append(f"| {r['label']} | {r['recipe']} | {r['fid']:.2f} | {_cell(r['psnr_db'], '.2f')} | "
-                         f"{_cell(r['ssim'], '.4f')} | {r['accuracy']:.1%} | {size} | {r['formats']} | "
+            delta = format_interval(r["fid_delta"], r["fid_delta_ci"], "+.2f") if "fid_delta" in r else "—"
+            lines.append(f"| {r['label']} | {r['recipe']} | {format_interval(r['fid'], r.get('fid_ci'))} | {delta} | "
+                         f"{_cell(r['psnr_db'], '.2f')} | {_cell(r['ssim'], '.4f')} | "
+                         f"{format_interval(r['accuracy'], r.get('accuracy_ci'), '.1%')} | {size} | {r['formats']} | "
                          f"{s.get('quantize', 0):.1f} | {s['sample']:.1f} |")
         lines.append("")
     return "\n".join(lines)
@@ -207,15 +210,17 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--all-rows", action="store_true", help="every configuration on digits-unet as well")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--out", default="docs/hqdit.md")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run(args.samples, args.steps, args.all_rows)
+    result = run(args.samples, args.steps, args.all_rows, args.device)
     out = Path(args.out)
     command = "python -m trtq.eval.tables.hqdit " + " ".join(
         a for a in (f"--samples {args.samples}", f"--steps {args.steps}" if args.steps != 20 else "",
                     f"--threads {args.threads}" if args.threads else "", "--all-rows" if args.all_rows else "",
+                    f"--device {args.device}" if args.device != "cpu" else "",
                     f"--out {args.out}") if a)
     write_doc(out, markdown_table(result), command)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from trtq.eval.evaluate import CALIB_SEED, Evaluator, QuantSpec, SamplingConfig, quantized_denoiser
-from trtq.eval.metrics import summarize
+from trtq.eval.evaluate import CALIB_SEED, Evaluator, QuantSpec, SamplingConfig, device_name, quantized_denoiser
+from trtq.eval.metrics import format_interval, summarize
 from trtq.pipeline import balanced_labels
 from trtq.winograd.conv import unsupported_reason
 from trtq.winograd.layer import WinogradQuantConv2d
@@ -120,6 +119,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--out", default="docs/winograd.md")
     p.add_argument("--plot", default=None, help="default: winograd_sqnr.png beside --out")
     args = p.parse_args(argv)
@@ -129,8 +129,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     out = Path(args.out)
     plot = Path(args.plot) if args.plot else out.with_name("winograd_sqnr.png")
-    cfg = SamplingConfig(samples=args.samples, steps=args.steps, progress=False)
-    model = load_model(MODEL)
+    cfg = SamplingConfig(samples=args.samples, steps=args.steps, progress=False, device=args.device)
+    model = load_model(MODEL).to(args.device)
     ev = Evaluator(model, cfg, load_classifier(), load_digits_images(model.sample_size)[0])
     fp = ev.run_fp()
     inputs = capture_conv_inputs(model, cfg)
@@ -169,19 +169,25 @@ def write_section(path: Path, text: str) -> None:
 
 
 def report(args, cfg, fp, results, sqnrs, layers, plot, seconds) -> str:
-    cmd = f"python -m trtq.eval.tables.winograd --samples {args.samples} --steps {args.steps} --out {args.out}"
+    cmd = (f"python -m trtq.eval.tables.winograd --samples {args.samples} --steps {args.steps} "
+           f"--device {args.device} --out {args.out}")
     lines = [
         "### Table", "",
-        f"`{cmd}` on {platform.machine()} CPU (torch threads: {torch.get_num_threads()}), torch {torch.__version__}, "
+        f"`{cmd}` on {device_name(cfg.device)}, torch {torch.__version__}, "
         f"{dt.date.today().isoformat()}; {cfg.samples} samples, {cfg.steps} DDIM steps, seed {cfg.seed}, "
-        f"calibration {cfg.calib_samples} FP trajectories (seed {CALIB_SEED}). Whole run {seconds / 60:.1f} min.", "",
-        "| recipe | what | digits-FID | PSNR vs FP (dB) | SSIM vs FP | accuracy | quantize (s) | learning scales (s) |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| fp32 | float | {fmt(fp['fid'])} | - | - | {fmt(fp['accuracy'], 3)} | - | - |",
+        f"calibration {cfg.calib_samples} FP trajectories (seed {CALIB_SEED}). Whole run {seconds / 60:.1f} min. "
+        "Brackets: 95% bootstrap intervals over the samples; ΔFID = paired difference to FP.", "",
+        "| recipe | what | digits-FID [95% CI] | ΔFID vs FP [95% CI] | PSNR vs FP (dB) | SSIM vs FP | "
+        "accuracy [95% CI] | quantize (s) | learning scales (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| fp32 | float | {format_interval(fp['fid'], fp['fid_ci'])} | - | - | - | "
+        f"{format_interval(fp['accuracy'], fp['accuracy_ci'], '.3f')} | - | - |",
     ]
     for recipe, what, m, tq, learn in results:
-        lines.append(f"| {recipe} | {what} | {fmt(m['fid'])} | {fmt(m['psnr_db'])} | {fmt(m['ssim'], 3)} | "
-                     f"{fmt(m['accuracy'], 3)} | {tq:.1f} | {fmt(learn, 1) if learn is not None else '-'} |")
+        lines.append(f"| {recipe} | {what} | {format_interval(m['fid'], m['fid_ci'])} | "
+                     f"{format_interval(m['fid_delta'], m['fid_delta_ci'], '+.2f')} | {fmt(m['psnr_db'])} | "
+                     f"{fmt(m['ssim'], 3)} | {format_interval(m['accuracy'], m['accuracy_ci'], '.3f')} | {tq:.1f} | "
+                     f"{fmt(learn, 1) if learn is not None else '-'} |")
     lines += ["", "### Per-layer SQNR of the Winograd layers (dB, real inputs)", "",
               f"![per-layer SQNR]({plot.name})", "",
               "| layer | " + " | ".join(SQNR_SERIES) + " |", "|---" * (len(SQNR_SERIES) + 1) + "|"]
