@@ -16,6 +16,7 @@ ratio of the weights' own min-max scale), zero points integral and in range, and
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -49,6 +50,9 @@ MAX_MANIFEST_BYTES = 16 * MiB
 ACT_SCALE_RANGE = (1e-12, 1e12)
 WEIGHT_SCALE_RATIO = (1 / 256, 4.0)  # vs the min-max scale of the same weights (methods clip or learn within)
 TRANSFORM_SCALE_RANGE = (1e-6, 1e6)  # Winograd s_b / s_g (exp of a learned log)
+# 4-bit weights sit ~0.1 (relative L2) from the weights they quantize, clipped/GPTQ'd ones a little more;
+# codes for other weights (or another rotation) sit ~1 away.
+MAX_PACKED_WEIGHT_ERROR = 0.5
 
 _HEX64 = Str(nonempty=True, max_len=64)
 LAYER_SCHEMA = Obj(required={"class": Str(nonempty=True), "config": Map(AnyValue())}, extra=True,
@@ -186,6 +190,7 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
         for key, tensor in tensors.items():
             mod, bname = _owner(quantized, key)
             setattr(mod, bname, tensor)
+        _check_packed_weights(quantized, path / SCALES)
         for name, q in quantizers(model):
             q.observer = None
             if not q.calibrated:  # unreachable after expected_layout; kept as the invariant it guards
@@ -220,13 +225,18 @@ def _apply_layer_entries(model: nn.Module, layers: dict, where: str) -> dict[str
             if qname not in entry:
                 raise TrtqError(f"{where}: {at}.{qname}: missing (the scheme of this layer's {q.role} quantizer)")
             scheme = QuantScheme.from_dict(entry[qname], where, f"{at}.{qname}")
-            if scheme != q.scheme:  # a method chose this layer's scheme from data (e.g. its FP4 format)
-                if (scheme.dynamic, scheme.symmetric) != (q.scheme.dynamic, q.scheme.symmetric) \
-                        or scheme.granularity != q.scheme.granularity:
+            if scheme != q.scheme:  # a method chose this layer's format from data (HQ-DiT's FP4 choice)
+                if not _same_family(scheme, q.scheme):
                     raise TrtqError(f"{where}: {at}.{qname} is {scheme.describe()}, which its recipe cannot "
                                     f"make of this layer ({q.scheme.describe()})")
                 layer.set_submodule(qname, TensorQuantizer(scheme, q.role))
     return quantized
+
+
+def _same_family(a: QuantScheme, b: QuantScheme) -> bool:
+    """Schemes that differ at most in the format, between formats of one family (e.g. the 4-bit floats)."""
+    fa, fb = a.fmt, b.fmt
+    return dataclasses.replace(a, format=b.format) == b and (fa.kind, fa.bits) == (fb.kind, fb.bits)
 
 
 def _check_config(config: dict, mine: dict, where: str, at: str) -> None:
@@ -244,6 +254,21 @@ def _check_config(config: dict, mine: dict, where: str, at: str) -> None:
             ok = type(v) is type(ref)
         if not ok:
             raise TrtqError(f"{where}: {at}.{k}: expected {type(ref).__name__} like {ref!r}, got {v!r}")
+
+
+def _check_packed_weights(quantized: dict[str, nn.Module], where: Path) -> None:
+    """Stored low-bit weights must be a quantization of *this* model's weights (in their rotated basis): a
+    missing or edited rotation, or codes packed for other weights, is refused rather than computed with."""
+    for name, layer in quantized.items():
+        if not hasattr(layer, "dequantized_weight"):
+            continue
+        with torch.no_grad():
+            ref = layer.rotated_weight()
+            rel = ((layer.dequantized_weight() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+        if not rel <= MAX_PACKED_WEIGHT_ERROR:
+            raise TrtqError(f"artifact tensors {where}: the packed weights of {name} do not quantize this "
+                            f"model's weights (relative error {rel:.3g}, expected <= {MAX_PACKED_WEIGHT_ERROR}: "
+                            "a rotation or scales that do not belong to them)")
 
 
 def _owner(quantized: dict[str, nn.Module], key: str) -> tuple[nn.Module, str]:

@@ -36,8 +36,10 @@ from typing import Callable, Iterator
 
 from trtq.errors import TrtqError
 
-STEPS = ("locked", "cleaned", "created", "filled", "synced", "swapped", "dropped")
+STEPS = ("locked", "cleaned", "created", "filled", "synced", "parked", "swapped", "dropped")
+# "parked" happens only in the fallback, between its two renames.
 step_hook: Callable[[str], None] | None = None  # tests only: called at each step of STEPS
+use_exchange = True  # tests set False to exercise the fallback on Linux
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -50,6 +52,8 @@ def _step(name: str) -> None:
 
 def _renameat2_exchange(a: Path, b: Path) -> bool:
     """Swap a and b atomically. False where the OS or filesystem cannot (then the caller falls back)."""
+    if not use_exchange:
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.renameat2
@@ -178,6 +182,7 @@ def atomic_dir(path: str | Path, replaceable: Callable[[Path], bool], what: str 
             else:
                 old = path.parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
                 os.rename(path, old)
+                _step("parked")
                 os.rename(tmp, path)
                 tmp = old
             _fsync_dir(path.parent)

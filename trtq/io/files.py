@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -109,27 +110,20 @@ def parse_json(text: str | bytes, where: str, max_depth: int = MAX_DEPTH) -> Any
     return data
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
 def _bracket_depth(text: str | bytes, strings: bool = True) -> int:
     """The deepest bracket nesting of a JSON (or YAML flow) text; brackets inside "strings" do not count."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
+    if strings:
+        text = _JSON_STRING.sub('""', text)
     depth = top = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"' and strings:
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            top = max(top, depth)
-        elif ch in "]}":
-            depth -= 1
+    for ch in _BRACKETS.findall(text):
+        depth += 1 if ch in "[{" else -1
+        top = max(top, depth)
     return top
 
 

@@ -122,6 +122,23 @@ class Opt(Schema):
             self.inner.check(value, path)
 
 
+class Union(Schema):
+    """The first of `options` that accepts the value (options should not overlap)."""
+
+    def __init__(self, *options: Schema, desc: str | None = None):
+        self.options = options
+        self.desc = desc or " or ".join(o.desc for o in options)
+
+    def check(self, value, path):
+        for o in self.options:
+            try:
+                o.check(value, path)
+                return
+            except TrtqError:
+                continue
+        self.fail(value, path)
+
+
 class List(Schema):
     def __init__(self, item: Schema, max_len: int = 100_000, nonempty: bool = False):
         self.item, self.max_len, self.nonempty = item, max_len, nonempty

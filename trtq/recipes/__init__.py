@@ -16,7 +16,7 @@ from typing import Any
 from trtq.errors import TrtqError
 from trtq.io.files import MiB, parse_json, parse_yaml, read_text
 from trtq.io.validate import Any as AnyValue
-from trtq.io.validate import List, Map, Obj, Opt, Str, check, located
+from trtq.io.validate import Bool, Int, List, Map, Obj, Opt, Str, Union, check, located
 from trtq.scheme import QuantScheme
 
 RECIPES_DIR = Path(__file__).parent
@@ -27,10 +27,13 @@ MAX_RECIPE_BYTES = 1 * MiB
 NONFINITE = ("error", "skip")  # what calibration does with a NaN/Inf activation (see trtq.quantize.calibrate)
 
 # Types of a recipe document (its values are checked by LayerRule / Recipe / QuantScheme themselves).
-# Method and layer args are free-form per method/kind (those parse them), bounded by the reader's depth limit.
+# Method args are free-form per method (it parses them), bounded by the reader's depth limit. Layer args are
+# integers, booleans or strings (what every layer kind takes; 16.0 for a group size is refused here, not
+# discovered as a crash in a reshape).
+LAYER_ARG = Union(Bool(), Int(), Str(), desc="an integer, true/false or a string")
 RULE_SCHEMA = Obj(optional={
     "pattern": Str(nonempty=True), "types": List(Str(nonempty=True), max_len=8, nonempty=True),
-    "weight": Opt(AnyValue()), "input": Opt(AnyValue()), "layer": Str(nonempty=True), "layer_args": Opt(Map(AnyValue())),
+    "weight": Opt(AnyValue()), "input": Opt(AnyValue()), "layer": Str(nonempty=True), "layer_args": Opt(Map(LAYER_ARG)),
 }, desc="a rule mapping")
 RECIPE_SCHEMA = Obj(required={"name": Str(nonempty=True, max_len=200), "rules": List(AnyValue(), nonempty=True)},
                     optional={"description": Opt(Str()), "method": Opt(Str(nonempty=True)),
