@@ -180,7 +180,10 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
     manifest = check_artifact(path, model, model_name)
     where = f"artifact manifest {path / MANIFEST}"
     recipe = Recipe.from_dict(manifest["recipe"], where, "recipe")
-    originals = prepare(model, recipe)
+    try:
+        originals = prepare(model, recipe)
+    except TrtqError as e:
+        raise located(where, "recipe", e) from None
     try:
         quantized = _apply_layer_entries(model, manifest["layers"], where)
         scales = manifest.get("scales")
@@ -388,5 +391,7 @@ def _buffer_spec(layer: nn.Module, mod: nn.Module, bname: str, ref: torch.Tensor
     if bname == "weight_scale" and getattr(layer, "scale_format", None):
         return TensorSpec(ref.dtype, tuple(ref.shape), values=_fp8_scale_codes(layer.scale_format))
     if bname in ("weight_scale", "weight_tensor_scale"):
-        return TensorSpec(ref.dtype, tuple(ref.shape), values=_positive(*WEIGHT_SCALE_RATIO, ref=ref))
+        # prepare's scales are for the unrotated weights in the recipe's format, while a method may rotate and
+        # pick another format: these are bounded after loading, by `_check_packed_weights`.
+        return TensorSpec(ref.dtype, tuple(ref.shape), values=_positive(*ACT_SCALE_RANGE))
     return TensorSpec(ref.dtype, tuple(ref.shape))  # e.g. packed 4-bit codes: every byte is a valid code pair
