@@ -24,7 +24,7 @@ SCHEMA = Obj(optional={
     "format": Str(nonempty=True), "granularity": Str(nonempty=True), "axis": Opt(Int(-8, 7)),
     "group_size": Opt(Int(1, 1 << 20)), "symmetric": Bool(), "dynamic": Bool(), "observer": Str(nonempty=True),
     "percentile": Opt(Num()), "scale_format": Opt(Str(nonempty=True)),
-}, desc="a quantization scheme mapping")
+}, desc="a quantization scheme mapping", name="quantization scheme")
 
 
 @dataclass(frozen=True)

@@ -252,7 +252,6 @@ def mutate_tree(doc: Any, rng: random.Random) -> tuple[Any, str, bool]:
     path = rng.choice(paths)
     op = rng.choice(["delete", "add", "replace", "replace", "replace", "wrap", "nest", "number", "string", "swap"])
     desc = f"{op} at {'.'.join(map(str, path)) or 'top'}"
-    family_swap = False
     if not path:
         if op in ("replace", "delete"):
             return rng.choice(POOL), desc, False
@@ -264,9 +263,7 @@ def mutate_tree(doc: Any, rng: random.Random) -> tuple[Any, str, bool]:
     elif op == "add" and isinstance(value, dict):
         value[rng.choice(["zzz", "scale", "format", "dynamic", "__proto__", ""])] = rng.choice(POOL)
     elif op == "replace" or op == "add":
-        new = rng.choice(POOL)
-        family_swap = isinstance(value, str) and value in FP4 and new in FP4 and new != value
-        parent[key] = new
+        parent[key] = rng.choice(POOL)
     elif op == "wrap":
         parent[key] = rng.choice([[value], {"v": value}])
     elif op == "nest":
@@ -281,6 +278,10 @@ def mutate_tree(doc: Any, rng: random.Random) -> tuple[Any, str, bool]:
         parent[key] = copy.deepcopy(parent[other])
     else:
         parent[key] = rng.choice(POOL)
+    new = parent[key] if (isinstance(parent, dict) and key in parent) or \
+        (isinstance(parent, list) and key < len(parent)) else None
+    family_swap = op != "delete" and isinstance(value, str) and value in FP4 and isinstance(new, str) \
+        and new in FP4 and new != value
     return doc, desc, family_swap
 
 

@@ -169,26 +169,29 @@ class Map(Schema):
 
 class Obj(Schema):
     """A mapping with known keys: `required` must be present, `optional` may be; others are refused unless
-    `extra` (documents that readers of a newer version may extend, e.g. `versions`)."""
+    `extra` (documents that readers of a newer version may extend, e.g. `versions`). `name` words the
+    unknown-keys error ("unknown recipe keys [...]")."""
 
     def __init__(self, required: dict[str, Schema] | None = None, optional: dict[str, Schema] | None = None,
-                 extra: bool = False, desc: str = "a mapping"):
+                 extra: bool = False, desc: str = "a mapping", name: str = ""):
         self.required, self.optional, self.extra = required or {}, optional or {}, extra
-        self.desc = desc
+        self.desc, self.name = desc, name
 
     def check(self, value, path):
         if not isinstance(value, dict):
             self.fail(value, path)
+        known = {**self.required, **self.optional}
+        unknown = [k for k in value if k not in known and not (self.extra and isinstance(k, str))]
+        if unknown:
+            where = f"{path}: " if path else ""
+            what = f"{self.name} keys" if self.name else "keys"
+            raise TrtqError(f"{where}unknown {what} {sorted(map(str, unknown))}; known: {sorted(known)}")
         for k in self.required:
             if k not in value:
                 raise TrtqError(f"{_join(path, k)}: missing (expected {self.required[k].desc})")
-        known = {**self.required, **self.optional}
         for k, v in value.items():
-            if k not in known:
-                if self.extra and isinstance(k, str):
-                    continue
-                raise TrtqError(f"{_join(path, str(k))}: unknown key; known: {sorted(known)}")
-            known[k].check(v, _join(path, k))
+            if k in known:
+                known[k].check(v, _join(path, k))
 
 
 def _join(path: str, key: str) -> str:

@@ -34,12 +34,12 @@ LAYER_ARG = Union(Bool(), Int(), Str(), desc="an integer, true/false or a string
 RULE_SCHEMA = Obj(optional={
     "pattern": Str(nonempty=True), "types": List(Str(nonempty=True), max_len=8, nonempty=True),
     "weight": Opt(AnyValue()), "input": Opt(AnyValue()), "layer": Str(nonempty=True), "layer_args": Opt(Map(LAYER_ARG)),
-}, desc="a rule mapping")
+}, desc="a rule mapping", name="rule")
 RECIPE_SCHEMA = Obj(required={"name": Str(nonempty=True, max_len=200), "rules": List(AnyValue(), nonempty=True)},
                     optional={"description": Opt(Str()), "method": Opt(Str(nonempty=True)),
                               "method_args": Opt(Map(AnyValue())), "keep_float": Opt(List(Str(nonempty=True))),
                               "nonfinite": Str(NONFINITE)},
-                    desc="a recipe mapping")
+                    desc="a recipe mapping", name="recipe")
 
 
 @dataclass(frozen=True)
