@@ -10,6 +10,7 @@ from torch import nn
 import trtq
 from trtq import TrtqError
 from trtq.artifact import FORMAT_VERSION, MANIFEST, SCALES, module_fingerprint
+from trtq.io.fuzz import reseal
 from trtq.nn import quantizers
 
 
@@ -100,7 +101,8 @@ def test_missing_scale_is_refused(tmp_path, fp_and_quantized):
     trtq.save_artifact(q, tmp_path / "art", model_name="net")
     tensors = load_file(str(tmp_path / "art" / SCALES))
     tensors.pop("lin.input_quantizer.scale")
-    save_file(tensors, str(tmp_path / "art" / SCALES))
+    save_file(tensors, str(tmp_path / "art" / SCALES), metadata={"format_version": str(FORMAT_VERSION)})
+    reseal(tmp_path / "art")  # a deliberate edit: the sha256 is updated, so the layout check must catch it
     fresh = copy.deepcopy(fp)
     with pytest.raises(TrtqError, match="lacks lin.input_quantizer.scale"):
         trtq.load_artifact(fresh, tmp_path / "art")
@@ -121,7 +123,9 @@ def test_failed_write_keeps_the_previous_artifact(tmp_path, fp_and_quantized, mo
     with pytest.raises(OSError):
         trtq.save_artifact(q, tmp_path / "art", model_name="net2")
     assert (tmp_path / "art" / MANIFEST).read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no temp dirs left behind
+    # no temp dirs left behind; the writers' lock file (empty, see trtq.io.atomic) stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".art.lock", "art"]
+    assert (tmp_path / ".art.lock").stat().st_size == 0
 
 
 def test_artifact_holds_no_pickle(tmp_path, fp_and_quantized):

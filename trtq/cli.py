@@ -1,6 +1,9 @@
 """`trtq`: the command line. Each sub-command is a thin shell over one Python verb.
 
-Errors in the user's input print one line (`trtq: error: ...`) and exit with status 2, having written nothing.
+Errors in the user's input print one line (`trtq: error: ...`) and exit with status 2, having written nothing:
+every argument, and every output path (`--out`, `--json`), is checked before any work starts, so a typo costs
+nothing and a minute of calibration is never lost to an unwritable path. `--debug` (or TRTQ_DEBUG=1) adds
+the traceback, for bug reports. Anything else that escapes is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -8,10 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 from trtq.errors import TrtqError
+
+# Bounds that keep a typo from turning into days of work or an out-of-memory kill.
+MAX_SAMPLES = 100_000
+MAX_STEPS = 1_000
+MAX_CALIB_SAMPLES = 10_000
+CUDA_ONLY_BASELINES = ("modelopt-nvfp4",)
 
 EPILOG = """examples:
   trtq recipes
@@ -23,11 +34,70 @@ EPILOG = """examples:
 MODEL is a zoo name (digits-unet, digits-dit) or a local model directory in the same diffusers layout."""
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+# ------------------------------------------------------------------------------------------ pre-flight checks
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_creatable(path: Path, flag: str) -> None:
+    """Everything above `path` that exists is a directory we can write into (probed with an empty temp dir,
+    removed at once: permissions, read-only mounts and root-only places all answer the same way)."""
+    anchor = _nearest_existing(path.parent)
+    if anchor.exists() and not anchor.is_dir():
+        raise TrtqError(f"{flag} {path}: {anchor} is a file, so nothing can be created under it")
+    if not anchor.exists():  # a dangling symlink or a symlink loop
+        raise TrtqError(f"{flag} {path}: {anchor} is a broken symlink")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".trtq-probe-", dir=anchor))
+    except OSError as e:
+        raise TrtqError(f"{flag} {path}: cannot write in {anchor} ({e.strerror or e})") from None
+
+
+def check_output_dir(path: Path, flag: str, replaceable=None, what: str = "directory") -> None:
+    """An output directory: creatable, or existing as a directory (and `replaceable(path)` if given)."""
+    if os.path.lexists(path):
+        if not path.is_dir():
+            raise TrtqError(f"{flag} {path} exists and is not a directory")
+        if replaceable is not None and not replaceable(path):
+            raise TrtqError(f"{path} exists and is not a {what}; refusing to overwrite it")
+        _check_creatable(path / "x", flag)
+    _check_creatable(path, flag)
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    if os.path.lexists(path) and not path.is_file():
+        raise TrtqError(f"{flag} {path} exists and is not a regular file")
+    _check_creatable(path, flag)
+
+
+def check_counts(args) -> None:
+    for flag, attr, lo, hi in (("--samples", "samples", 2, MAX_SAMPLES), ("--steps", "steps", 1, MAX_STEPS),
+                               ("--calib-samples", "calib_samples", 1, MAX_CALIB_SAMPLES)):
+        value = getattr(args, attr, None)
+        if value is not None and not lo <= value <= hi:
+            extra = " (the Fréchet distance needs two samples)" if attr == "samples" and value < 2 else ""
+            raise TrtqError(f"{flag} must be in [{lo}, {hi}], got {value}{extra}")
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise TrtqError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrtqError(f"--device {device}: no CUDA device is visible to torch on this machine")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise TrtqError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def check_baseline_device(recipe: str | None, device: str) -> None:
+    if recipe in CUDA_ONLY_BASELINES and not device.startswith("cuda"):
+        raise TrtqError(f"{recipe} runs only on a CUDA GPU (its FP4 kernels have no CPU path): use --device cuda")
 
 
 def cmd_recipes(args) -> None:
@@ -52,13 +122,15 @@ def cmd_quantize(args) -> None:
     from trtq.eval.evaluate import QuantSpec, SamplingConfig, quantized_denoiser
     from trtq.zoo import load_model
 
+    from trtq.artifact import is_artifact_dir
+
     if args.recipe in BASELINES:
         raise TrtqError(f"{args.recipe} is an outside baseline for comparison (trtq eval); it makes no artifact")
+    check_counts(args)
+    out = Path(args.out)
+    check_output_dir(out, "--out", is_artifact_dir, "trtq artifact")
     spec = QuantSpec(recipe=args.recipe)
     spec.check()
-    out = Path(args.out)
-    if out.exists() and not (out / "manifest.json").is_file():
-        raise TrtqError(f"{out} exists and is not a trtq artifact; refusing to overwrite it")
     cfg = SamplingConfig(calib_samples=args.calib_samples, steps=args.steps, progress=True)
     model = load_model(args.model)
     denoiser = quantized_denoiser(model, spec, cfg)
@@ -70,15 +142,20 @@ def cmd_quantize(args) -> None:
 def cmd_eval(args) -> None:
     from trtq.eval.evaluate import QuantSpec, SamplingConfig, evaluate
 
+    from trtq.io.atomic import write_file_atomic
+
+    check_counts(args)
+    check_device(args.device)
+    check_baseline_device(args.recipe, args.device)
+    if args.json:
+        check_output_file(Path(args.json), "--json")
     spec = QuantSpec(recipe=args.recipe, artifact=args.artifact)
     cfg = SamplingConfig(samples=args.samples, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
                          calib_samples=args.calib_samples, progress=not args.quiet, device=args.device)
-    if args.json and Path(args.json).is_dir():
-        raise TrtqError(f"--json {args.json} is a directory")
     result = evaluate(args.model, spec, cfg)
     text = json.dumps(result, indent=2)
     if args.json:
-        _write_json_atomic(Path(args.json), result)
+        write_file_atomic(Path(args.json), (text + "\n").encode(), what="--json")
         print(f"wrote {args.json}")
     print(text)
 
@@ -86,13 +163,25 @@ def cmd_eval(args) -> None:
 def cmd_demo(args) -> None:
     from trtq.demo import run_demo
 
+    check_counts(args)
+    check_output_dir(Path(args.out), "--out")
     run_demo(Path(args.out), samples=args.samples)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as trtq's one line (exit status 2 as before)."""
+
+    def error(self, message: str):
+        print(f"trtq: error: {' '.join(message.split())} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trtq", description="Quantize diffusion models and measure what it costs.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _Parser(prog="trtq", description="Quantize diffusion models and measure what it costs.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error (also: environment variable TRTQ_DEBUG=1)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("recipes", help="list the built-in recipes and outside baselines")
     s.set_defaults(func=cmd_recipes)
@@ -131,10 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("TRTQ_DEBUG", "") not in ("", "0")
     try:
         args.func(args)
     except TrtqError as e:
-        print(f"trtq: error: {e}", file=sys.stderr)
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"trtq: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, always
         return 2
     return 0
 

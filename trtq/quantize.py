@@ -17,7 +17,7 @@ from torch import nn
 
 from trtq.errors import TrtqError
 from trtq.methods import METHODS
-from trtq.nn import QUANTIZABLE, is_quantized, quantizers
+from trtq.nn import QUANTIZABLE, TensorQuantizer, is_quantized, quantizers
 from trtq.recipes import Recipe, get_recipe
 
 CalibLoop = Callable[[nn.Module], None]
@@ -45,11 +45,19 @@ def prepare(model: nn.Module, recipe: str | Path | Recipe) -> dict[str, nn.Modul
         except TrtqError as e:
             restore(model, swapped)
             raise TrtqError(f"layer {name}: {e}") from None
+        _name_quantizers(model, name)
         swapped[name] = module
     if not swapped:
         raise TrtqError(f"recipe {recipe.name!r} matched no Conv2d/Linear layer of this model")
     model.trtq_recipe = recipe
     return swapped
+
+
+def _name_quantizers(model: nn.Module, layer_name: str) -> None:
+    """Give a layer's quantizers their qualified names, for errors that must say which one."""
+    for qname, q in model.get_submodule(layer_name).named_modules():
+        if isinstance(q, TensorQuantizer):
+            q.qualname = f"{layer_name}.{qname}"
 
 
 def restore(model: nn.Module, originals: dict[str, nn.Module]) -> None:
@@ -65,19 +73,34 @@ def calibrate(model: nn.Module, calib_loop: CalibLoop) -> None:
     pending = {n: q for n, q in quantizers(model) if not q.calibrated}
     if not pending:
         return
-    for q in pending.values():
+    nonfinite = getattr(getattr(model, "trtq_recipe", None), "nonfinite", "error")
+    for name, q in pending.items():
         q.set_mode("calibrate")
+        # What observe() reports when the data are bad: the layer's name and the call, and the recipe's policy.
+        q.qualname, q.calib_calls, q.calib_skipped, q.nonfinite = name, 0, 0, nonfinite
     with torch.no_grad():
         calib_loop(model)
     missed = [n for n, q in pending.items() if q.observer is None or not q.observer.seen]
+    skipped = [n for n in missed if pending[n].calib_skipped]
+    if skipped:
+        for q in pending.values():
+            q.observer = None
+        raise TrtqError(f"{skipped[0]}: all {pending[skipped[0]].calib_skipped} of its calibration calls held "
+                        f"NaN/Inf (nonfinite: skip left nothing to calibrate it from)"
+                        + (f"; {len(skipped) - 1} more such quantizer(s)" if len(skipped) > 1 else ""))
     if missed:
         for q in pending.values():
             q.observer = None
         shown = ", ".join(missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")
         raise TrtqError(f"calibration never reached {len(missed)} quantized layer(s) ({shown}): "
                         "does calib_loop run the model it is given?")
-    for q in pending.values():
-        q.finish_calibration()
+    try:
+        for q in pending.values():
+            q.finish_calibration()
+    except TrtqError:
+        for q in pending.values():
+            q.observer = None
+        raise
 
 
 def quantize(model: nn.Module, recipe: str | Path | Recipe, calib_loop: CalibLoop | None = None) -> nn.Module:

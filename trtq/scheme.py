@@ -8,15 +8,23 @@ through plain dicts (recipes in YAML/JSON, artifact manifests).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from trtq.errors import TrtqError
 from trtq.formats import Format, get_format
+from trtq.io.validate import Bool, Int, Num, Obj, Opt, Str, check, located
 
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "mse")
 SCALE_FORMATS = ("fp8_e4m3",)
+
+# The types of a scheme's fields as data (the values are checked by __post_init__).
+SCHEMA = Obj(optional={
+    "format": Str(nonempty=True), "granularity": Str(nonempty=True), "axis": Opt(Int(-8, 7)),
+    "group_size": Opt(Int(1, 1 << 20)), "symmetric": Bool(), "dynamic": Bool(), "observer": Str(nonempty=True),
+    "percentile": Opt(Num()), "scale_format": Opt(Str(nonempty=True)),
+}, desc="a quantization scheme mapping", name="quantization scheme")
 
 
 @dataclass(frozen=True)
@@ -79,14 +87,14 @@ class QuantScheme:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantScheme:
-        if not isinstance(data, dict):
-            raise TrtqError(f"a quantization scheme must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise TrtqError(f"unknown quantization scheme keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], where: str = "quantization scheme", path: str = "") -> QuantScheme:
+        """A scheme from plain data found at key `path` of document `where` (a recipe or manifest): types
+        checked first, then the rules."""
+        check(data, SCHEMA, where, path)
+        try:
+            return cls(**data)
+        except TrtqError as e:
+            raise located(where, path, e) from None
 
     def describe(self) -> str:
         g = {"tensor": "per-tensor", "token": "per-token", "channel": f"per-channel(axis={self.axis})",

@@ -57,19 +57,56 @@ class TensorQuantizer(nn.Module):
         self.mode = mode
 
     def observe(self, x: torch.Tensor) -> None:
+        """Feed one tensor to the observer. NaN/Inf never reach the statistics: they raise a TrtqError naming
+        this quantizer (`qualname`, set by `trtq.quantize.calibrate`) and the call, or, when the recipe says
+        `nonfinite: skip`, the whole tensor of that call is left out with a warning."""
+        call = self.__dict__.get("calib_calls", 0)
+        self.calib_calls = call + 1
+        if not bool(torch.isfinite(x).all()):
+            where = f"{self.__dict__.get('qualname') or f'this {self.role} quantizer'} (calibration call {call})"
+            bad = int((~torch.isfinite(x)).sum())
+            if self.__dict__.get("nonfinite", "error") != "skip":
+                raise TrtqError(f"{where} saw {bad} NaN/Inf value(s) in its {self.role}; fix the data or the "
+                                "model, or set `nonfinite: skip` in the recipe to leave such calls out")
+            import warnings
+
+            warnings.warn(f"trtq: {where}: {bad} NaN/Inf value(s); this call is left out of calibration",
+                          stacklevel=2)
+            self.calib_skipped = self.__dict__.get("calib_skipped", 0) + 1
+            return
         self._template = x.shape  # scale layout depends on the shape seen in calibration
         self.observer.observe(to_rows(x, self.scheme, self.shared))
 
     def finish_calibration(self) -> None:
-        """Turn the observed ranges into scales and switch to 'quantize'."""
+        """Turn the observed ranges into scales and switch to 'quantize'. A scale that would come out
+        non-finite or zero is an error, never a silent placeholder; the one exception is an all-zero *weight*
+        group, which quantizes exactly with any scale (it keeps the placeholder 1)."""
         if self.scheme.dynamic:
             self.mode = "quantize"
             return
+        where = self.__dict__.get("qualname") or f"this {self.role} quantizer"
         if self.observer is None or not self.observer.seen:
-            raise TrtqError("calibration never reached this quantizer")
+            skipped = self.__dict__.get("calib_skipped", 0)
+            why = f": all {skipped} of its calls held NaN/Inf" if skipped else ""
+            raise TrtqError(f"calibration never reached {where}{why}")
         amin, amax = self.observer.range()
+        if not (torch.isfinite(amin).all() and torch.isfinite(amax).all()):
+            raise TrtqError(f"{where}: its observer produced a non-finite range; refusing a NaN/Inf scale")
+        if self.role == "input":
+            zero = (amin == 0) & (amax == 0)
+            if bool(zero.all()):
+                raise TrtqError(f"{where} saw only zeros in calibration: no scale can be derived (does the "
+                                "calibration data reach this layer with real values?)")
+            if bool(zero.any()):
+                import warnings
+
+                warnings.warn(f"trtq: {where}: {int(zero.sum())} of {zero.numel()} scale entries saw only zeros "
+                              "in calibration and keep the placeholder scale 1", stacklevel=2)
         template = torch.empty(self._template, device="meta")
         scale, zp = qparams_from_range(amin, amax, self.scheme)
+        if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+            raise TrtqError(f"{where}: calibration produced a scale that is not finite and > 0 "
+                            f"(range [{amin.min().item():g}, {amax.max().item():g}])")
         self.scale = rows_to_scale(scale, template, self.scheme, self.shared)
         self.zero_point = None if zp is None else rows_to_scale(zp, template, self.scheme, self.shared)
         self.observer = None

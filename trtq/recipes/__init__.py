@@ -8,26 +8,38 @@ method that runs on top of the schemes (later: winograd, tfmq, efficientdm, hqdi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trtq.errors import TrtqError
+from trtq.io.files import MiB, parse_json, parse_yaml, read_text
+from trtq.io.validate import Any as AnyValue
+from trtq.io.validate import Bool, Int, List, Map, Obj, Opt, Str, Union, check, located
 from trtq.scheme import QuantScheme
 
 RECIPES_DIR = Path(__file__).parent
 LAYER_TYPES = ("Conv2d", "Linear")
+MAX_RECIPE_BYTES = 1 * MiB
 
 
-def _take(data: dict, allowed: set[str], what: str) -> dict:
-    unknown = set(data) - allowed
-    if unknown:
-        raise TrtqError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(allowed)}")
-    return data
+NONFINITE = ("error", "skip")  # what calibration does with a NaN/Inf activation (see trtq.quantize.calibrate)
+
+# Types of a recipe document (its values are checked by LayerRule / Recipe / QuantScheme themselves).
+# Method args are free-form per method (it parses them), bounded by the reader's depth limit. Layer args are
+# integers, booleans or strings (what every layer kind takes; 16.0 for a group size is refused here, not
+# discovered as a crash in a reshape).
+LAYER_ARG = Union(Bool(), Int(), Str(), desc="an integer, true/false or a string")
+RULE_SCHEMA = Obj(optional={
+    "pattern": Str(nonempty=True), "types": List(Str(nonempty=True), max_len=8, nonempty=True),
+    "weight": Opt(AnyValue()), "input": Opt(AnyValue()), "layer": Str(nonempty=True), "layer_args": Opt(Map(LAYER_ARG)),
+}, desc="a rule mapping", name="rule")
+RECIPE_SCHEMA = Obj(required={"name": Str(nonempty=True, max_len=200), "rules": List(AnyValue(), nonempty=True)},
+                    optional={"description": Opt(Str()), "method": Opt(Str(nonempty=True)),
+                              "method_args": Opt(Map(AnyValue())), "keep_float": Opt(List(Str(nonempty=True))),
+                              "nonfinite": Str(NONFINITE)},
+                    desc="a recipe mapping", name="recipe")
 
 
 @dataclass(frozen=True)
@@ -86,12 +98,19 @@ class LayerRule:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LayerRule:
-        _take(data, {"pattern", "types", "weight", "input", "layer", "layer_args"}, "rule")
-        scheme = lambda k: QuantScheme.from_dict(data[k]) if data.get(k) is not None else None  # noqa: E731
-        return cls(pattern=data.get("pattern", "*"), types=tuple(data.get("types", LAYER_TYPES)),
-                   weight=scheme("weight"), input=scheme("input"), layer=data.get("layer", "fake"),
-                   layer_args=dict(data.get("layer_args") or {}))
+    def from_dict(cls, data: dict[str, Any], where: str = "recipe rule", path: str = "") -> LayerRule:
+        check(data, RULE_SCHEMA, where, path)
+
+        def scheme(k: str) -> QuantScheme | None:
+            return None if data.get(k) is None else QuantScheme.from_dict(data[k], where, f"{path}.{k}".lstrip("."))
+
+        weight, input = scheme("weight"), scheme("input")
+        try:
+            return cls(pattern=data.get("pattern", "*"), types=tuple(data.get("types", LAYER_TYPES)),
+                       weight=weight, input=input, layer=data.get("layer", "fake"),
+                       layer_args=dict(data.get("layer_args") or {}))
+        except TrtqError as e:
+            raise located(where, path, e) from None
 
 
 @dataclass(frozen=True)
@@ -102,12 +121,17 @@ class Recipe:
     keep_float: tuple[str, ...] = ()
     method: str | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
+    # NaN/Inf activations seen in calibration: "error" (refuse, naming the layer) or "skip" (drop that call's
+    # tensor from the statistics of that quantizer, with a warning).
+    nonfinite: str = "error"
 
     def __post_init__(self) -> None:
         from trtq.methods import METHODS
 
-        if not self.name:
-            raise TrtqError("a recipe needs a name")
+        if not isinstance(self.name, str) or not self.name:
+            raise TrtqError("a recipe needs a name (a non-empty string)")
+        if self.nonfinite not in NONFINITE:
+            raise TrtqError(f"recipe nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
         if not self.rules:
             raise TrtqError(f"recipe {self.name!r} has no rules")
         if self.method is not None and self.method not in METHODS:
@@ -127,35 +151,34 @@ class Recipe:
         return any(r.input is not None and not r.input.dynamic for r in self.rules)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "method": self.method,
-                "method_args": dict(self.method_args), "keep_float": list(self.keep_float),
-                "rules": [r.to_dict() for r in self.rules]}
+        d = {"name": self.name, "description": self.description, "method": self.method,
+             "method_args": dict(self.method_args), "keep_float": list(self.keep_float),
+             "rules": [r.to_dict() for r in self.rules]}
+        if self.nonfinite != "error":  # the default stays implicit, so existing manifests are unchanged
+            d["nonfinite"] = self.nonfinite
+        return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        if not isinstance(data, dict):
-            raise TrtqError("a recipe must be a mapping")
-        _take(data, {"name", "description", "method", "method_args", "keep_float", "rules"}, "recipe")
-        rules = data.get("rules") or []
-        if not isinstance(rules, list):
-            raise TrtqError("recipe 'rules' must be a list")
-        return cls(name=data.get("name", ""), description=data.get("description", ""),
-                   method=data.get("method"), method_args=dict(data.get("method_args") or {}),
-                   keep_float=tuple(data.get("keep_float") or ()),
-                   rules=tuple(LayerRule.from_dict(r) for r in rules))
+    def from_dict(cls, data: dict[str, Any], where: str = "recipe", path: str = "") -> Recipe:
+        """A recipe from plain data found at key `path` of document `where` (a recipe file, a manifest)."""
+        check(data, RECIPE_SCHEMA, where, path)
+        at = (lambda k: f"{path}.{k}") if path else (lambda k: k)  # noqa: E731
+        rules = tuple(LayerRule.from_dict(r, where, at(f"rules[{i}]")) for i, r in enumerate(data["rules"]))
+        try:
+            return cls(name=data["name"], description=data.get("description") or "",
+                       method=data.get("method"), method_args=dict(data.get("method_args") or {}),
+                       keep_float=tuple(data.get("keep_float") or ()), rules=rules,
+                       nonfinite=data.get("nonfinite", "error"))
+        except TrtqError as e:
+            raise located(where, path, e) from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> Recipe:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise TrtqError(f"cannot read recipe {path}: {e.strerror}") from None
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as e:
-            raise TrtqError(f"recipe {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
-        return cls.from_dict(data)
+        where = f"recipe {path}"
+        text = read_text(path, "recipe", MAX_RECIPE_BYTES)
+        data = parse_json(text, where) if path.suffix == ".json" else parse_yaml(text, where)
+        return cls.from_dict(data, where)
 
 
 def list_recipes() -> list[str]:

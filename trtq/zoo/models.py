@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from trtq.errors import TrtqError
+from trtq.io.files import read_json
+from trtq.io.validate import Any, Int, Map, Num, Obj, Opt, Str
 
 ZOO_MODELS = ("digits-unet", "digits-dit")
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -58,6 +60,15 @@ DIT_CONFIG = dict(
     patch_size=4,
     num_embeds_ada_norm=NUM_CLASSES,  # its label table gets a null row at index NUM_CLASSES
 )
+
+
+# trtq_model.json, as `DigitsModel.save` writes it (checked before anything in it is used).
+MODEL_META_SCHEMA = Obj(
+    required={"kind": Str(("unet", "dit"))},
+    optional={"name": Str(nonempty=True), "sample_size": Int(1, 4096), "num_classes": Int(1, 100_000),
+              "guidance_scale": Num(0.0, 100.0), "label_tokens": Opt(Int(1, 4096)), "fingerprint": Opt(Str()),
+              "training": Map(Any())},
+    desc="a model metadata mapping")
 
 
 class LabelEncoder(nn.Module):
@@ -191,10 +202,8 @@ def load_model(name_or_path: str | Path) -> DigitsModel:
                 f"{str(name_or_path)!r} is neither a zoo model ({', '.join(ZOO_MODELS)}) "
                 "nor a model directory with trtq_model.json (zoo weights: run `make train-zoo`)"
             )
-    meta = json.loads((path / "trtq_model.json").read_text())
-    kind = meta.get("kind")
-    if kind not in ("unet", "dit"):
-        raise TrtqError(f"{path}/trtq_model.json has unknown kind {kind!r} (expected 'unet' or 'dit')")
+    meta = read_json(path / "trtq_model.json", "model metadata", MODEL_META_SCHEMA)
+    kind = meta["kind"]
     cls = UNet2DConditionModel if kind == "unet" else DiTTransformer2DModel
     weights = path / "denoiser" / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
