@@ -7,7 +7,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= out
 
-.PHONY: install demo test train-zoo table-winograd table-hqdit gpu-check clean help
+.PHONY: install demo test train-zoo table-winograd table-hqdit table-w8a8 gpu-check bench fuzz clean help
 
 help:
 	@echo "make demo       quantize the zoo models, sample FP vs quantized, write $(OUT)/demo/report.md + grid.png"
@@ -15,7 +15,10 @@ help:
 	@echo "make train-zoo  retrain the embedded digits models (seeded; uses CUDA when present)"
 	@echo "make table-winograd  docs/winograd.md: Winograd W8A8 ablations on digits-unet"
 	@echo "make table-hqdit     docs/hqdit.md: FP4 W4A4 / HQ-DiT ablations on digits-dit and digits-unet"
+	@echo "make table-w8a8      docs/w8a8.md: W8A8 recipes vs modelopt, per-layer-class sensitivity"
 	@echo "make gpu-check  the tests that need a CUDA GPU (pytest -m gpu)"
+	@echo "make bench      kernel + model benchmarks on a CUDA GPU -> docs/benchmarks/{winograd,fp4}-<gpu>.{json,md}"
+	@echo "make fuzz       20,000 seeded artifact/recipe mutations + 300 on a zoo artifact (0 failures allowed)"
 	@echo "make install    create $(VENV) with trtq and its dependencies"
 
 install: $(STAMP)
@@ -42,8 +45,19 @@ table-winograd: $(STAMP)
 table-hqdit: $(STAMP)
 	$(PY) -m trtq.eval.tables.hqdit --out docs/hqdit.md
 
+table-w8a8: $(STAMP)
+	$(PY) -m trtq.eval.tables.w8a8 --out docs/w8a8.md
+
 gpu-check: $(STAMP)
 	$(PY) -m pytest -q -m gpu
+
+# Benchmarks need a CUDA GPU (each exits 2 with one line where there is none).
+bench: $(STAMP)
+	$(PY) -m trtq.bench.winograd --out docs/benchmarks
+	$(PY) -m trtq.bench.fp4 --out docs/benchmarks
+
+fuzz: $(STAMP)
+	$(PY) -m trtq.io.fuzz --cases 20000 --zoo-cases 300
 
 clean:
 	rm -rf $(OUT) .pytest_cache
