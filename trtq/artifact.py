@@ -71,9 +71,12 @@ def save_artifact(model: nn.Module, path: str | Path, model_name: str, extra: di
                 if not q.calibrated:
                     raise TrtqError(f"quantizer {layer_name}.{qname} has no scales yet: calibrate before saving")
                 entry[qname] = q.scheme.to_dict()
-        # Every buffer of a quantized layer is trtq state (scales, learned transform scales, rotations...).
+        # Every persistent buffer of a quantized layer is trtq state (scales, learned transform scales,
+        # rotations...); non-persistent ones are derived from those and the weight (`refresh_weight`).
+        persistent = layer.state_dict(keep_vars=True)
         for bname, buf in layer.named_buffers():
-            tensors[f"{layer_name}.{bname}"] = buf.detach().cpu().contiguous()
+            if bname in persistent:
+                tensors[f"{layer_name}.{bname}"] = buf.detach().cpu().contiguous()
         layers[layer_name] = entry
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -185,6 +188,8 @@ def _load_scales(model: nn.Module, layers: dict, tensors: dict[str, torch.Tensor
     for key, tensor in tensors.items():
         mod, bname = owners[key]
         setattr(mod, bname, tensor)
+    for layer in quantized.values():
+        layer.refresh_weight()
     for name, q in quantizers(model):
         q.observer = None
         if not q.calibrated:

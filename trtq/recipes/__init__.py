@@ -9,7 +9,7 @@ method that runs on top of the schemes (later: winograd, tfmq, efficientdm, hqdi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,18 @@ class Recipe:
 
     def __hash__(self) -> int:
         return hash((self.name, self.rules, self.keep_float, self.method))
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
+        """This recipe with method knobs changed, e.g. {"winograd.steps": 50} (CLI: --set winograd.steps=50).
+        A key is "<method>.<arg>" and must name this recipe's method; the method checks the values."""
+        args = dict(self.method_args)
+        for key, value in overrides.items():
+            method, _, arg = key.partition(".")
+            if not arg or method != self.method:
+                raise TrtqError(f"override {key!r}: expected '{self.method or '<method>'}.<arg>' for recipe "
+                                f"{self.name!r} (its method is {self.method!r})")
+            args[arg] = value
+        return replace(self, method_args=args)
 
     def rule_for(self, name: str, module) -> LayerRule | None:
         """The rule that quantizes this layer, or None to keep it in float."""
