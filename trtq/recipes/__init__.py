@@ -1,8 +1,9 @@
 """Recipes: which layers get which quantization schemes, as data.
 
 A recipe is a YAML/JSON file (the built-in ones sit beside this module) or a `Recipe` built in Python. Rules
-are tried in order and the first whose `pattern` (fnmatch on the module's qualified name) and `types`
-match a layer decides its schemes; `keep_float` patterns win over every rule. `method` names a quantization
+are tried in order and the first whose `pattern` (fnmatch on the module's qualified name), `types` and
+`roles` (see `trtq.roles`: what the layer does, found from the model's structure) match a layer decides its
+schemes; `keep_float` patterns and `keep_float_roles` win over every rule. `method` names a quantization
 method that runs on top of the schemes (later: winograd, tfmq, efficientdm, hqdit); None = plain PTQ.
 """
 
@@ -42,6 +43,7 @@ class LayerRule:
     input: QuantScheme | None = None
     layer: str = "fake"
     layer_args: dict[str, Any] = field(default_factory=dict)
+    roles: tuple[str, ...] = ()  # empty: any layer; else only layers with one of these roles
 
     def __post_init__(self) -> None:
         import trtq.methods  # noqa: F401  (registers the built-in layer kinds)
@@ -65,13 +67,15 @@ class LayerRule:
 
         return LAYER_KINDS[self.layer].get(type(module).__name__)
 
-    def matches(self, name: str, module) -> bool:
+    def matches(self, name: str, module, role: str | None = None) -> bool:
         if type(module).__name__ not in self.types or not fnmatchcase(name, self.pattern):
+            return False
+        if self.roles and role not in self.roles:
             return False
         return self.quantized_class(module).supports(module, **self.layer_args)
 
     def __hash__(self) -> int:  # layer_args is a dict; rules are compared by value
-        return hash((self.pattern, self.types, self.weight, self.input, self.layer))
+        return hash((self.pattern, self.types, self.weight, self.input, self.layer, self.roles))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"pattern": self.pattern, "types": list(self.types)}
@@ -83,15 +87,17 @@ class LayerRule:
             d["layer"] = self.layer
         if self.layer_args:
             d["layer_args"] = dict(self.layer_args)
+        if self.roles:
+            d["roles"] = list(self.roles)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerRule:
-        _take(data, {"pattern", "types", "weight", "input", "layer", "layer_args"}, "rule")
+        _take(data, {"pattern", "types", "weight", "input", "layer", "layer_args", "roles"}, "rule")
         scheme = lambda k: QuantScheme.from_dict(data[k]) if data.get(k) is not None else None  # noqa: E731
         return cls(pattern=data.get("pattern", "*"), types=tuple(data.get("types", LAYER_TYPES)),
                    weight=scheme("weight"), input=scheme("input"), layer=data.get("layer", "fake"),
-                   layer_args=dict(data.get("layer_args") or {}))
+                   layer_args=dict(data.get("layer_args") or {}), roles=tuple(data.get("roles") or ()))
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,16 @@ class Recipe:
     keep_float: tuple[str, ...] = ()
     method: str | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
+    keep_float_roles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from trtq.methods import METHODS
+        from trtq.roles import ROLES
+
+        named = set(self.keep_float_roles).union(*(r.roles for r in self.rules))
+        if named - set(ROLES):
+            raise TrtqError(f"recipe {self.name!r} names unknown roles {sorted(named - set(ROLES))}; "
+                            f"known: {', '.join(ROLES)}")
 
         if not self.name:
             raise TrtqError("a recipe needs a name")
@@ -114,7 +127,7 @@ class Recipe:
             raise TrtqError(f"unknown method {self.method!r}; known: {', '.join(METHODS) or 'none'}")
 
     def __hash__(self) -> int:
-        return hash((self.name, self.rules, self.keep_float, self.method))
+        return hash((self.name, self.rules, self.keep_float, self.method, self.keep_float_roles))
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
         """This recipe with method knobs changed, e.g. {"winograd.steps": 50} (CLI: --set winograd.steps=50).
@@ -128,32 +141,47 @@ class Recipe:
             args[arg] = value
         return replace(self, method_args=args)
 
-    def rule_for(self, name: str, module) -> LayerRule | None:
-        """The rule that quantizes this layer, or None to keep it in float."""
-        if any(fnmatchcase(name, p) for p in self.keep_float):
-            return None
-        return next((r for r in self.rules if r.matches(name, module)), None)
+    def rule_for(self, name: str, module, role: str | None = None) -> LayerRule | None:
+        """The rule that quantizes this layer (whose role in its model is `role`), or None to keep it in float."""
+        return self.decide(name, module, role)[0]
+
+    def decide(self, name: str, module, role: str | None = None) -> tuple[LayerRule | None, str]:
+        """(rule or None for float, why): which keep_float entry or rule decided, by name or by role."""
+        kept = next((p for p in self.keep_float if fnmatchcase(name, p)), None)
+        if kept is not None:
+            return None, f"keep_float {kept!r}"
+        if role is not None and role in self.keep_float_roles:
+            return None, f"keep_float role {role}"
+        for i, rule in enumerate(self.rules):
+            if rule.matches(name, module, role):
+                return rule, f"rule {i}" + (f" (role {role})" if rule.roles else f" {rule.pattern!r}")
+        return None, "no rule matches"
 
     @property
     def needs_calibration(self) -> bool:
         return any(r.input is not None and not r.input.dynamic for r in self.rules)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "method": self.method,
-                "method_args": dict(self.method_args), "keep_float": list(self.keep_float),
-                "rules": [r.to_dict() for r in self.rules]}
+        d = {"name": self.name, "description": self.description, "method": self.method,
+             "method_args": dict(self.method_args), "keep_float": list(self.keep_float),
+             "rules": [r.to_dict() for r in self.rules]}
+        if self.keep_float_roles:
+            d["keep_float_roles"] = list(self.keep_float_roles)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
         if not isinstance(data, dict):
             raise TrtqError("a recipe must be a mapping")
-        _take(data, {"name", "description", "method", "method_args", "keep_float", "rules"}, "recipe")
+        _take(data, {"name", "description", "method", "method_args", "keep_float", "keep_float_roles", "rules"},
+              "recipe")
         rules = data.get("rules") or []
         if not isinstance(rules, list):
             raise TrtqError("recipe 'rules' must be a list")
         return cls(name=data.get("name", ""), description=data.get("description", ""),
                    method=data.get("method"), method_args=dict(data.get("method_args") or {}),
                    keep_float=tuple(data.get("keep_float") or ()),
+                   keep_float_roles=tuple(data.get("keep_float_roles") or ()),
                    rules=tuple(LayerRule.from_dict(r) for r in rules))
 
     @classmethod
