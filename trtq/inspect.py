@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from trtq.nn import QUANTIZABLE
@@ -59,6 +60,33 @@ def _warn_unmatched(model: nn.Module, recipe: Recipe, plan: dict) -> None:
                      + " layers in float (no rule matches them)")
     if notes:
         warnings.warn(f"recipe {recipe.name!r} on {type(model).__name__}: " + "; ".join(notes), stacklevel=3)
+
+
+def model_for_inspection(model: str | Path) -> nn.Module:
+    """A model to plan on, without its weights where possible: a zoo model name, an architecture name of
+    `trtq.architectures` (built on the meta device), or a diffusers model directory (its config.json)."""
+    import json
+
+    from trtq.architectures import ARCHITECTURES, build_architecture
+    from trtq.errors import TrtqError
+    from trtq.zoo import ZOO_MODELS, load_model
+
+    if str(model) in ZOO_MODELS:
+        return load_model(str(model)).denoiser
+    if str(model) in ARCHITECTURES:
+        return build_architecture(str(model), device="meta")
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        raise TrtqError(f"{str(model)!r} is not a zoo model ({', '.join(ZOO_MODELS)}), an architecture "
+                        f"({', '.join(ARCHITECTURES)}) nor a diffusers model directory with config.json")
+    import diffusers
+
+    data = json.loads(config.read_text())
+    cls = getattr(diffusers, data.get("_class_name", ""), None)
+    if cls is None:
+        raise TrtqError(f"{config} names no diffusers model class ({data.get('_class_name')!r})")
+    with torch.device("meta"):
+        return cls.from_config(data)
 
 
 def _scheme(rule: LayerRule | None) -> str:

@@ -198,6 +198,20 @@ class Recipe:
         return cls.from_dict(data)
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """CLI `--set winograd.steps=50 --set hqdit.formats=[fp4_e2m1]` -> {"winograd.steps": 50, ...} (values YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TrtqError(f"--set expects <method>.<arg>=<value>, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise TrtqError(f"--set {item!r}: the value is not valid YAML: {e}") from None
+    return out
+
+
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
