@@ -90,3 +90,17 @@ def test_winograd_weight_follows_refresh():
     assert not torch.equal(q.weight_int8, codes)
     at, g, bt = q.transforms()
     assert torch.allclose(g[:, 0], torch.tensor([1 / 4, -1 / 6, -1 / 6, 1 / 24, 1 / 24, 0]) * q.s_g)
+
+
+@pytest.mark.parametrize("scheme", [W8, QuantScheme(format="int4", **G32), QuantScheme(format="int8", symmetric=False)],
+                         ids=["int8-channel", "int4-group", "int8-asym"])
+def test_inference_fake_quant_is_bit_identical_to_the_autograd_one(scheme):
+    from trtq.nn import TensorQuantizer
+    from trtq.quantizer import fake_quantize
+
+    w = torch.randn(64, 96) * torch.logspace(-2, 1, 64)[:, None]
+    q = TensorQuantizer(scheme, "weight")
+    q.calibrate_from(w)
+    with torch.no_grad():
+        fast = q(w)
+    assert torch.equal(fast, fake_quantize(w, q.scale, q.zero_point, scheme))
