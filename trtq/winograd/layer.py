@@ -105,7 +105,7 @@ class WinogradQuantConv2d(_QuantMixin, nn.Conv2d):
 
     def transforms(self):
         """(A^T S_A, S_G G, S_B B^T) in float32, as of the last `refresh_weight()`."""
-        return self.transform_at, self.transform_g, self.transform_bt
+        return self.transform_at.float(), self.transform_g.float(), self.transform_bt.float()  # after a .half()
 
     def refresh_weight(self) -> None:
         """Recompute the scaled transforms from s_b, s_g and quantize G' W G'^T into `weight_int8` /
