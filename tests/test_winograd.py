@@ -120,6 +120,7 @@ def test_op_equals_layer_and_fake_quant_path(tile, per_position):
     conv, layer = _layer(tile=tile, per_position=per_position)
     with torch.no_grad():
         layer.s_b.copy_(torch.linspace(0.5, 2, tile + 2))
+    layer.refresh_weight()  # the transforms and INT8 weight are derived from s_b, s_g at refresh time
     x = torch.randn(2, 32, 11, 9)
     at, g, bt = layer.transforms()
     codes, w_scale = quantize_weight(transform_weight(conv.weight.detach(), g), 8, layer.granularity)

@@ -110,9 +110,12 @@ def save_artifact(model: nn.Module, path: str | Path, model_name: str, extra: di
                 if not q.calibrated:
                     raise TrtqError(f"quantizer {layer_name}.{qname} has no scales yet: calibrate before saving")
                 entry[qname] = q.scheme.to_dict()
-        # Every buffer of a quantized layer is trtq state (scales, learned transform scales, rotations...).
+        # Every persistent buffer of a quantized layer is trtq state (scales, learned transform scales,
+        # rotations...); non-persistent ones are derived from those and the weight (`refresh_weight`).
+        persistent = layer.state_dict(keep_vars=True)
         for bname, buf in layer.named_buffers():
-            tensors[f"{layer_name}.{bname}"] = buf.detach().cpu().contiguous()
+            if bname in persistent:
+                tensors[f"{layer_name}.{bname}"] = buf.detach().cpu().contiguous()
         layers[layer_name] = entry
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -181,7 +184,7 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
     where = f"artifact manifest {path / MANIFEST}"
     recipe = Recipe.from_dict(manifest["recipe"], where, "recipe")
     try:
-        originals = prepare(model, recipe)
+        originals = prepare(model, recipe, warn=False)  # quantize already said what stays float
     except TrtqError as e:
         raise located(where, "recipe", e) from None
     try:
@@ -193,6 +196,8 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
         for key, tensor in tensors.items():
             mod, bname = _owner(quantized, key)
             setattr(mod, bname, tensor)
+        for layer in quantized.values():
+            layer.refresh_weight()  # derived state (e.g. Winograd INT8 weights) from the loaded tensors
         _check_packed_weights(quantized, path / SCALES)
         for name, q in quantizers(model):
             q.observer = None
@@ -361,6 +366,8 @@ def expected_layout(quantized: dict[str, nn.Module]) -> dict[str, TensorSpec]:
     for lname, layer in quantized.items():
         for mname, mod in layer.named_modules():
             for bname, ref in mod._buffers.items():
+                if bname in mod._non_persistent_buffers_set:
+                    continue  # derived at load by `refresh_weight`, never stored
                 key = ".".join(p for p in (lname, mname, bname) if p)
                 spec = _buffer_spec(layer, mod, bname, ref)
                 if spec is not None:

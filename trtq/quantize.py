@@ -28,15 +28,18 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def prepare(model: nn.Module, recipe: str | Path | Recipe) -> dict[str, nn.Module]:
-    """Swap matched layers for quantized ones (no calibration). Returns {name: the float layer it replaced}."""
+def prepare(model: nn.Module, recipe: str | Path | Recipe, warn: bool = True) -> dict[str, nn.Module]:
+    """Swap matched layers for quantized ones (no calibration). Returns {name: the float layer it replaced}.
+    Rules match by name, type and role (`trtq.roles`); `warn` says once what the recipe leaves in float."""
+    from trtq.inspect import plan_layers
+
     recipe = get_recipe(recipe)
     if any(is_quantized(m) for m in model.modules()):
         raise TrtqError("this model is already quantized; start again from the float model")
+    plan = plan_layers(model, recipe, warn=warn)  # exact Conv2d/Linear types only (a subclass may differ)
     swapped = {}
     for name, module in list(model.named_modules()):
-        # Exact types only: a subclass of Conv2d/Linear may compute something else in its forward.
-        rule = recipe.rule_for(name, module) if type(module) in QUANTIZABLE else None
+        rule = plan[name][0] if name in plan else None
         if rule is None:
             continue
         try:

@@ -12,6 +12,7 @@ before the generic calibration. `method_args` (all optional) switch the parts on
 - gptq (bool) + damp (float): GPTQ on the FP4 grid with the (clipped) group scales fixed, Hessian from
   the calibration inputs (after the rotation).
 - max_rows (int): calibration input rows kept per layer for the searches.
+- progress (bool): a progress bar over the layers, naming the one being searched.
 Calibration inputs are the float model's own: every layer computes in float while they are captured.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from trtq.errors import TrtqError
 from trtq.fp4 import FP4_FORMATS, fake_quantize_groups, group_amax, scales_from_amax
@@ -46,6 +48,7 @@ class HQDiTArgs:
     damp: float = 0.01
     seed: int = 0
     max_rows: int = 4096
+    progress: bool = True
 
     @classmethod
     def parse(cls, args: dict) -> HQDiTArgs:
@@ -54,7 +57,7 @@ class HQDiTArgs:
         if unknown:
             raise TrtqError(f"hqdit method_args has unknown keys {sorted(unknown)}; known: {sorted(known)}")
         a = cls(**args)
-        for flag in ("hadamard", "clip", "select_format", "gptq"):
+        for flag in ("hadamard", "clip", "select_format", "gptq", "progress"):
             if not isinstance(getattr(a, flag), bool):
                 raise TrtqError(f"hqdit method_args {flag} must be true or false")
         if not a.formats or any(f not in FP4_FORMATS for f in a.formats):
@@ -239,5 +242,8 @@ def hqdit(model: nn.Module, recipe, calib_loop) -> None:
     if calib_loop is None:
         raise TrtqError("hqdit searches clipping/formats on calibration data: pass calib_loop")
     stats = capture(model, layers, calib_loop, a.max_rows, hessian=a.gptq, seed=a.seed)
-    for name, layer in layers.items():
+    bar = tqdm(layers.items(), desc="hqdit layers", leave=False, disable=not a.progress)
+    for name, layer in bar:
+        bar.set_postfix_str(f"{name} [{layer.out_features}x{layer.in_features}]")
         calibrate_layer(layer, stats[name], a)
+        layer.refresh_weight()  # the packed weights changed: recompute anything derived from them

@@ -4,6 +4,12 @@ A quantized module *is* the float module (same class hierarchy, same Parameter o
 model) plus two optional quantizers: `input_quantizer` for the activation and `weight_quantizer` for the
 weight. Either may be None (kept in float). Swapping the class rather than wrapping keeps module names and
 state_dict keys unchanged, so hooks, LoRA loaders and diffusers attention processors keep working.
+
+Quantized layers trace: their forward reads only parameters, buffers and plain Python settings (no caches
+keyed on tensor identity), so `torch.compile` gives one graph and `torch.export` succeeds. The fake-quantized
+weight is recomputed from `weight` and its scale in every forward rather than stored: a stored float copy
+would double the model's memory. State a layer derives from its weight (e.g. Winograd INT8 weights) is
+computed once by `refresh_weight()`, which whoever changes the weight or the state it derives from calls.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ class _QuantMixin:
     def artifact_config(self) -> dict:
         return {}
 
+    def refresh_weight(self) -> None:
+        """Recompute the state this layer derives from its float weight (none for fake-quantized layers).
+        Call it after changing `weight` or a buffer the derived state depends on (methods, artifact loading)."""
+
     def load_artifact_config(self, config: dict) -> None:
         if config:
             raise TrtqError(f"{type(self).__name__} keeps no per-layer config, artifact has {sorted(config)}")
@@ -51,24 +61,14 @@ class _QuantMixin:
         q._modules = dict(module._modules)
         q.weight_quantizer = None if weight is None else TensorQuantizer(weight, "weight")
         q.input_quantizer = None if input is None else TensorQuantizer(input, "input")
-        q._qweight_cache = None
         if q.weight_quantizer is not None:
             q.weight_quantizer.calibrate_from(q.weight.detach())
         return q
 
     def quantized_weight(self) -> torch.Tensor:
-        wq = self.weight_quantizer
-        if wq is None:
-            return self.weight
-        if torch.is_grad_enabled():
-            return wq(self.weight)
-        # Inference re-uses the fake-quantized weight until the weight or its scale changes.
-        scale = wq.scale
-        key = (self.weight._version, self.weight.data_ptr(), wq.mode,
-               None if scale is None else (scale.data_ptr(), scale._version))
-        if self._qweight_cache is None or self._qweight_cache[0] != key:
-            self._qweight_cache = (key, wq(self.weight))
-        return self._qweight_cache[1]
+        """The fake-quantized weight, computed from `weight` and the calibrated scale at every call: an
+        elementwise pass over the weight, cheap beside the layer's matmul, and no float copy kept."""
+        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)

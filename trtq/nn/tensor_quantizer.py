@@ -14,9 +14,11 @@ from torch import nn
 
 from trtq.errors import TrtqError
 from trtq.observers import make_observer
+from trtq.formats import IntFormat
 from trtq.quantizer import (
     check_group_size,
     dynamic_qparams,
+    expand_scale,
     fake_quantize,
     qparams_from_range,
     rows_to_scale,
@@ -25,6 +27,19 @@ from trtq.quantizer import (
 from trtq.scheme import QuantScheme
 
 MODES = ("calibrate", "quantize", "off")
+
+
+def _fake_quantize_int_inference(x, scale, zero_point, scheme: QuantScheme) -> torch.Tensor:
+    """`fake_quantize` for integer formats without autograd, bit for bit the same numbers (its straight-through
+    v + (round(v) - v) is exactly round(v)), computed in one buffer instead of four temporaries: weights are
+    fake-quantized in every forward, and for a 1280x2560x3x3 conv each temporary is 118 MB."""
+    fmt = scheme.fmt
+    s = expand_scale(scale, x, scheme).to(x.dtype)
+    q = x / s
+    if zero_point is None:
+        return q.clamp_(fmt.qmin, fmt.qmax).round_().mul_(s)
+    z = expand_scale(zero_point, x, scheme).to(x.dtype)
+    return q.add_(z).clamp_(0, 2**fmt.bits - 1).round_().sub_(z).mul_(s)
 
 
 class TensorQuantizer(nn.Module):
@@ -129,6 +144,8 @@ class TensorQuantizer(nn.Module):
             scale, zp = dynamic_qparams(x, self.scheme)
         else:
             scale, zp = self.scale, self.zero_point
+        if not torch.is_grad_enabled() and isinstance(self.scheme.fmt, IntFormat):
+            return _fake_quantize_int_inference(x, scale, zp, self.scheme)
         return fake_quantize(x, scale, zp, self.scheme)
 
     def extra_repr(self) -> str:

@@ -1,14 +1,15 @@
 """Recipes: which layers get which quantization schemes, as data.
 
 A recipe is a YAML/JSON file (the built-in ones sit beside this module) or a `Recipe` built in Python. Rules
-are tried in order and the first whose `pattern` (fnmatch on the module's qualified name) and `types`
-match a layer decides its schemes; `keep_float` patterns win over every rule. `method` names a quantization
+are tried in order and the first whose `pattern` (fnmatch on the module's qualified name), `types` and
+`roles` (see `trtq.roles`: what the layer does, found from the model's structure) match a layer decides its
+schemes; `keep_float` patterns and `keep_float_roles` win over every rule. `method` names a quantization
 method that runs on top of the schemes (later: winograd, tfmq, efficientdm, hqdit); None = plain PTQ.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,12 @@ LAYER_ARG = Union(Bool(), Int(), Str(), desc="an integer, true/false or a string
 RULE_SCHEMA = Obj(optional={
     "pattern": Str(nonempty=True), "types": List(Str(nonempty=True), max_len=8, nonempty=True),
     "weight": Opt(AnyValue()), "input": Opt(AnyValue()), "layer": Str(nonempty=True), "layer_args": Opt(Map(LAYER_ARG)),
+    "roles": Opt(List(Str(nonempty=True), max_len=16)),
 }, desc="a rule mapping", name="rule")
 RECIPE_SCHEMA = Obj(required={"name": Str(nonempty=True, max_len=200), "rules": List(AnyValue(), nonempty=True)},
                     optional={"description": Opt(Str()), "method": Opt(Str(nonempty=True)),
                               "method_args": Opt(Map(AnyValue())), "keep_float": Opt(List(Str(nonempty=True))),
+                              "keep_float_roles": Opt(List(Str(nonempty=True), max_len=16)),
                               "nonfinite": Str(NONFINITE)},
                     desc="a recipe mapping", name="recipe")
 
@@ -54,6 +57,7 @@ class LayerRule:
     input: QuantScheme | None = None
     layer: str = "fake"
     layer_args: dict[str, Any] = field(default_factory=dict)
+    roles: tuple[str, ...] = ()  # empty: any layer; else only layers with one of these roles
 
     def __post_init__(self) -> None:
         import trtq.methods  # noqa: F401  (registers the built-in layer kinds)
@@ -77,13 +81,15 @@ class LayerRule:
 
         return LAYER_KINDS[self.layer].get(type(module).__name__)
 
-    def matches(self, name: str, module) -> bool:
+    def matches(self, name: str, module, role: str | None = None) -> bool:
         if type(module).__name__ not in self.types or not fnmatchcase(name, self.pattern):
+            return False
+        if self.roles and role not in self.roles:
             return False
         return self.quantized_class(module).supports(module, **self.layer_args)
 
     def __hash__(self) -> int:  # layer_args is a dict; rules are compared by value
-        return hash((self.pattern, self.types, self.weight, self.input, self.layer))
+        return hash((self.pattern, self.types, self.weight, self.input, self.layer, self.roles))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"pattern": self.pattern, "types": list(self.types)}
@@ -95,6 +101,8 @@ class LayerRule:
             d["layer"] = self.layer
         if self.layer_args:
             d["layer_args"] = dict(self.layer_args)
+        if self.roles:
+            d["roles"] = list(self.roles)
         return d
 
     @classmethod
@@ -108,7 +116,8 @@ class LayerRule:
         try:
             return cls(pattern=data.get("pattern", "*"), types=tuple(data.get("types", LAYER_TYPES)),
                        weight=weight, input=input, layer=data.get("layer", "fake"),
-                       layer_args=dict(data.get("layer_args") or {}))
+                       layer_args=dict(data.get("layer_args") or {}),
+                       roles=tuple(data.get("roles") or ()))
         except TrtqError as e:
             raise located(where, path, e) from None
 
@@ -124,9 +133,16 @@ class Recipe:
     # NaN/Inf activations seen in calibration: "error" (refuse, naming the layer) or "skip" (drop that call's
     # tensor from the statistics of that quantizer, with a warning).
     nonfinite: str = "error"
+    keep_float_roles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from trtq.methods import METHODS
+        from trtq.roles import ROLES
+
+        named = set(self.keep_float_roles).union(*(r.roles for r in self.rules))
+        if named - set(ROLES):
+            raise TrtqError(f"recipe {self.name!r} names unknown roles {sorted(named - set(ROLES))}; "
+                            f"known: {', '.join(ROLES)}")
 
         if not isinstance(self.name, str) or not self.name:
             raise TrtqError("a recipe needs a name (a non-empty string)")
@@ -138,13 +154,35 @@ class Recipe:
             raise TrtqError(f"unknown method {self.method!r}; known: {', '.join(METHODS) or 'none'}")
 
     def __hash__(self) -> int:
-        return hash((self.name, self.rules, self.keep_float, self.method))
+        return hash((self.name, self.rules, self.keep_float, self.method, self.keep_float_roles))
 
-    def rule_for(self, name: str, module) -> LayerRule | None:
-        """The rule that quantizes this layer, or None to keep it in float."""
-        if any(fnmatchcase(name, p) for p in self.keep_float):
-            return None
-        return next((r for r in self.rules if r.matches(name, module)), None)
+    def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
+        """This recipe with method knobs changed, e.g. {"winograd.steps": 50} (CLI: --set winograd.steps=50).
+        A key is "<method>.<arg>" and must name this recipe's method; the method checks the values."""
+        args = dict(self.method_args)
+        for key, value in overrides.items():
+            method, _, arg = key.partition(".")
+            if not arg or method != self.method:
+                raise TrtqError(f"override {key!r}: expected '{self.method or '<method>'}.<arg>' for recipe "
+                                f"{self.name!r} (its method is {self.method!r})")
+            args[arg] = value
+        return replace(self, method_args=args)
+
+    def rule_for(self, name: str, module, role: str | None = None) -> LayerRule | None:
+        """The rule that quantizes this layer (whose role in its model is `role`), or None to keep it in float."""
+        return self.decide(name, module, role)[0]
+
+    def decide(self, name: str, module, role: str | None = None) -> tuple[LayerRule | None, str]:
+        """(rule or None for float, why): which keep_float entry or rule decided, by name or by role."""
+        kept = next((p for p in self.keep_float if fnmatchcase(name, p)), None)
+        if kept is not None:
+            return None, f"keep_float {kept!r}"
+        if role is not None and role in self.keep_float_roles:
+            return None, f"keep_float role {role}"
+        for i, rule in enumerate(self.rules):
+            if rule.matches(name, module, role):
+                return rule, f"rule {i}" + (f" (role {role})" if rule.roles else f" {rule.pattern!r}")
+        return None, "no rule matches"
 
     @property
     def needs_calibration(self) -> bool:
@@ -156,6 +194,8 @@ class Recipe:
              "rules": [r.to_dict() for r in self.rules]}
         if self.nonfinite != "error":  # the default stays implicit, so existing manifests are unchanged
             d["nonfinite"] = self.nonfinite
+        if self.keep_float_roles:
+            d["keep_float_roles"] = list(self.keep_float_roles)
         return d
 
     @classmethod
@@ -168,6 +208,7 @@ class Recipe:
             return cls(name=data["name"], description=data.get("description") or "",
                        method=data.get("method"), method_args=dict(data.get("method_args") or {}),
                        keep_float=tuple(data.get("keep_float") or ()), rules=rules,
+                       keep_float_roles=tuple(data.get("keep_float_roles") or ()),
                        nonfinite=data.get("nonfinite", "error"))
         except TrtqError as e:
             raise located(where, path, e) from None
@@ -179,6 +220,20 @@ class Recipe:
         text = read_text(path, "recipe", MAX_RECIPE_BYTES)
         data = parse_json(text, where) if path.suffix == ".json" else parse_yaml(text, where)
         return cls.from_dict(data, where)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """CLI `--set winograd.steps=50 --set hqdit.formats=[fp4_e2m1]` -> {"winograd.steps": 50, ...} (values YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TrtqError(f"--set expects <method>.<arg>=<value>, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise TrtqError(f"--set {item!r}: the value is not valid YAML: {e}") from None
+    return out
 
 
 def list_recipes() -> list[str]:

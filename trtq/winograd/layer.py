@@ -8,6 +8,11 @@ Recipe rule (layer kind "winograd"):
 The schemes say INT8, per-tensor vs group-wise (along input channels, axis 1) and static vs dynamic input
 scales; group_size is repeated in layer_args because whether a layer is supported (Cin divisible by it) is
 decided from layer_args alone. Learned transform scales live in the buffers `s_b`, `s_g` (ones = standard).
+The scaled transforms and the INT8 Winograd-domain weight (`weight_int8` codes, `weight_int8_scale`) are
+derived from `weight`, `s_b` and `s_g`: `refresh_weight()` computes them at construction and must be called
+whenever one of those changes (the scale learning method and artifact loading do). They sit in
+non-persistent buffers (artifacts store the scales, not what follows from them), so the forward pass reads
+only tensors and traces (`torch.compile`, `torch.export`) with the op `trtq::winograd_conv_int8` intact.
 """
 
 from __future__ import annotations
@@ -93,21 +98,27 @@ class WinogradQuantConv2d(_QuantMixin, nn.Conv2d):
         q.register_buffer("s_g", torch.ones(n, device=module.weight.device))
         # Static input scales are calibrated in the Winograd domain by an ordinary TensorQuantizer.
         q.input_quantizer = None if input.dynamic else TensorQuantizer(input, "input")
-        q._wcache = None
+        for name in ("transform_at", "transform_g", "transform_bt", "weight_int8", "weight_int8_scale"):
+            q.register_buffer(name, None, persistent=False)
+        q.refresh_weight()
         return q
 
     def transforms(self):
-        """(A^T S_A, S_G G, S_B B^T) in float32."""
-        return scaled_matrices(self.tile, self.s_b.float(), self.s_g.float())
+        """(A^T S_A, S_G G, S_B B^T) in float32, as of the last `refresh_weight()`."""
+        return self.transform_at.float(), self.transform_g.float(), self.transform_bt.float()  # after a .half()
+
+    def refresh_weight(self) -> None:
+        """Recompute the scaled transforms from s_b, s_g and quantize G' W G'^T into `weight_int8` /
+        `weight_int8_scale`. Call after changing `weight`, `s_b` or `s_g`."""
+        with torch.no_grad():
+            self.transform_at, self.transform_g, self.transform_bt = (
+                t.contiguous() for t in scaled_matrices(self.tile, self.s_b.float(), self.s_g.float()))
+            u = transform_weight(self.weight.float(), self.transform_g)
+            self.weight_int8, self.weight_int8_scale = quantize_weight(u, self.group_size, self.granularity)
 
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """INT8 codes and scales of G' W G'^T, recomputed only when the weight or s_g changes."""
-        key = (self.weight._version, self.weight.data_ptr(), self.s_g._version, self.s_g.data_ptr())
-        if self._wcache is None or self._wcache[0] != key:
-            with torch.no_grad():
-                u = transform_weight(self.weight.float(), self.transforms()[1])
-                self._wcache = (key, quantize_weight(u, self.group_size, self.granularity))
-        return self._wcache[1]
+        """INT8 codes [n, n, Cout, Cin] and scales [n, n, Cout, G] of G' W G'^T (see `refresh_weight`)."""
+        return self.weight_int8, self.weight_int8_scale
 
     def _observed_layout(self, v: torch.Tensor) -> torch.Tensor:
         """Winograd-domain input [n, n, C, P] laid out so the input scheme's axis-1 groups are our groups."""

@@ -73,6 +73,7 @@ def learn_transform_scales(layers: dict[str, WinogradQuantConv2d], steps: int = 
             lb, lg = logs[key(n)]
             layers[n].s_b.copy_(lb.exp())
             layers[n].s_g.copy_(lg.exp())
+            layers[n].refresh_weight()  # the INT8 weight is G' W G'^T with the new S_G
     tail = max(1, steps // 10)
     return {"seconds": round(time.perf_counter() - start, 3), "loss_first": sum(history[:tail]) / tail,
             "loss_last": sum(history[-tail:]) / tail}
