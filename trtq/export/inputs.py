@@ -51,9 +51,15 @@ class DenoiserSignature:
             x["class_labels"] = torch.randint(0, 10, (batch,), generator=gen)
         return x
 
+    @property
+    def resolution_dynamic(self) -> bool:
+        """UNets are fully convolutional in H, W. diffusers' DiT/PixArt compute their sin-cos position table
+        and unpatchify sizes in Python from the traced size, so a traced graph holds one resolution."""
+        return self.kind in ("unet", "unet-sdxl")
+
     def dynamic_axes(self, resolution: bool) -> dict[str, dict[int, str]]:
         axes = {name: {0: BATCH} for name in self.input_names()}
-        if resolution:
+        if resolution and self.resolution_dynamic:
             axes["sample"] = {0: BATCH, 2: HEIGHT, 3: WIDTH}
         axes["out_sample"] = dict(axes["sample"])
         return axes

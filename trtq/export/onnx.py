@@ -71,6 +71,9 @@ def export_onnx(model: nn.Module, out_dir: str | Path, example_inputs: dict[str,
     size = int(getattr(model.config, "sample_size", 32) or 32)
     resolution = resolution or (size, size, size)
     _check_range("resolution", resolution)
+    if not sig.resolution_dynamic and dynamic and resolution[0] != resolution[2]:
+        raise TrtqError(f"{type(model).__name__} exports at one resolution (its position table is computed "
+                        f"in Python for the traced size); give --resolution R:R:R, got {tuple(resolution)}")
     if example_inputs is None:
         example_inputs = sig.example_inputs(batch[1], resolution[1], resolution[1])
     names = sig.input_names()
@@ -87,7 +90,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, example_inputs: dict[str,
         path = Path(tmp) / MODEL_FILE
         with torch.no_grad():
             torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=OPSET, input_names=names,
-                              output_names=["out_sample"],
+                              output_names=["out_sample"], autograd_inlining=False,
                               dynamic_axes=sig.dynamic_axes(resolution=True) if dynamic else None)
         for h in calls.pop("_hooks"):
             h.remove()
@@ -173,15 +176,16 @@ def plugin_function(op_type: str, overload: str, key: str, attrs: dict, tensors:
     present = [t is not None for t in tensors]
     args = [t for t in tensors if t is not None]
     args[0] = torch.zeros(args[0].shape, dtype=dtype)
-    x_axes = {0: "d0", 2: "d2", 3: "d3"} if op_type == "WinogradConvInt8" else \
-        {i: f"d{i}" for i in range(args[0].dim() - 1)} if op_type == "FP4GroupGemm" else \
-        {i: f"d{i}" for i in range(args[0].dim()) if i != attrs["axis"] % args[0].dim()}
     names = [n for n, p in zip(formal, present) if p]
+    # Every dim of every input symbolic: sizes are traced as Shape ops, so one body serves all layers and
+    # all activation shapes with this structure (the overload key holds only attributes and input presence).
+    axes = {name: {i: f"{name}_{i}" for i in range(t.dim())} for name, t in zip(names, args)}
+    axes["y"] = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         path = os.path.join(tmp, "body.onnx")
         torch.onnx.export(_Body(twins.plugin_reference(op_type, attrs), present), tuple(args), path,
                           dynamo=False, opset_version=OPSET, input_names=names, output_names=["y"],
-                          dynamic_axes={"x": x_axes, "y": {}})
+                          dynamic_axes=axes)
         body = onnx.load(path)
     nodes = [helper.make_node("Constant", [], [init.name], value=init) for init in body.graph.initializer]
     nodes += list(body.graph.node)
@@ -249,6 +253,36 @@ def finalize(proto: onnx.ModelProto, calls: dict, dtype: torch.dtype) -> None:
         proto.opset_import.append(helper.make_opsetid(twins.PLUGIN_DOMAIN, 1))
     proto.ir_version = max(proto.ir_version, 10)  # function overloads
     proto.producer_name = "trtq"
+    _fold_squeeze_ifs(proto)
+
+
+def _fold_squeeze_ifs(proto: onnx.ModelProto) -> None:
+    """`x.squeeze(d)` on a size the tracer could not see exports as If(dim == 1, Squeeze, Identity); where
+    ONNX shape inference knows the size is not 1 the Squeeze branch is ill-typed (the checker rejects it) and
+    dead, so the If becomes the Identity it always is."""
+    ifs = [n for n in proto.graph.node if n.op_type == "If"]
+    if not ifs:
+        return
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {v.name: v.type.tensor_type.shape for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    for node in ifs:
+        br = {a.name: a.g for a in node.attribute}
+        then, other = br["then_branch"].node, br["else_branch"].node
+        if len(other) != 1 or other[0].op_type != "Identity" or not then or then[-1].op_type != "Squeeze":
+            continue
+        x = other[0].input[0]
+        consts = {c.output[0]: numpy_helper.to_array(c.attribute[0].t) for c in then if c.op_type == "Constant"}
+        axes = consts.get(then[-1].input[1]) if len(then[-1].input) > 1 else None
+        shape = shapes.get(x)
+        if axes is None or shape is None or axes.size != 1 or int(axes.reshape(-1)[0]) >= len(shape.dim):
+            continue
+        dim = shape.dim[int(axes.reshape(-1)[0])]
+        if dim.HasField("dim_value") and dim.dim_value != 1:
+            out = node.output[0]
+            del node.attribute[:]
+            node.op_type, node.domain = "Identity", ""
+            node.input[:] = [x]
+            node.output[:] = [out]
 
 
 # --------------------------------------------------------------------------------------- manifest + files

@@ -76,13 +76,15 @@ def dynamic_group_qdq(x: torch.Tensor, fmt_name: str, axis: int, group_size: int
     """Symmetric fake quantization with scales from the live tensor, one per group of `group_size`
     consecutive elements along `axis` for every other index (TensorQuantizer with a dynamic group scheme)."""
     fmt = get_format(fmt_name)
-    xf = x.float()
-    moved = xf.movedim(axis, -1)
+    axis = axis % x.dim()
+    perm = [d for d in range(x.dim()) if d != axis] + [axis]  # explicit perms: no negative axes in Transpose
+    inverse = [perm.index(d) for d in range(x.dim())]
+    moved = x.float().permute(perm)
     groups = moved.reshape(-1, group_size)
     amax = groups.abs().amax(-1, keepdim=True)
     scale = symmetric_scale(amax, fmt.max_value)
     q = round_to_format(groups / scale, fmt_name) * scale
-    return q.reshape(moved.shape).movedim(-1, axis).to(x.dtype)
+    return q.reshape(moved.shape).permute(inverse).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------- Winograd conv

@@ -64,54 +64,47 @@ def plugin_overload(op_type: str, attrs: dict, present: tuple[bool, ...], rank: 
     return json.dumps(key, sort_keys=True, separators=(",", ":"))
 
 
-def _plugin_symbolic(op_type: str, g, inputs: list, attrs: dict, rank: int):
-    present = tuple(v is not None and not v.node().mustBeNone() for v in inputs)
-    # An absent optional input is an empty name in ONNX: the exporter writes "" for this placeholder.
-    vals = [v if p else symbolic_helper._optional_input_placeholder_tensor(g) for v, p in zip(inputs, present)]
-    out = g.op(f"{PLUGIN_DOMAIN}::{op_type}", *vals, **_attr_kwargs(attrs), plugin_version_s=PLUGIN_VERSION,
-               plugin_namespace_s=PLUGIN_DOMAIN, aot_i=1,
-               trtq_overload_s=plugin_overload(op_type, attrs, present, rank))
-    out.setType(inputs[0].type())
-    return out
-
-
-# --------------------------------------------------------------------------------------- plugin nodes
-class _WinogradFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w_int8, w_scale, bias, at, bt, act_scale, attrs_json):
-        a = json.loads(attrs_json)
-        return reference.winograd_conv_int8(x, w_int8, w_scale, bias, at, bt, a["tile"], a["pads"],
-                                            a["group_size"], a["act_granularity"], act_scale)
+class _PluginFn(torch.autograd.Function):
+    """One trtq plugin node. Only the present tensors are passed (absent optional inputs are listed in the
+    spec): the TorchScript tracer mishandles several None arguments to one autograd.Function."""
 
     @staticmethod
-    def symbolic(g, x, w_int8, w_scale, bias, at, bt, act_scale, attrs_json):
-        return _plugin_symbolic("WinogradConvInt8", g, [x, w_int8, w_scale, bias, at, bt, act_scale],
-                                json.loads(attrs_json), 4)
-
-
-class _FP4Fn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, packed, scale, tensor_scale, bias, act_scale, attrs_json):
-        a = json.loads(attrs_json)
-        return reference.fp4_group_gemm(x, packed, scale, tensor_scale, bias, act_scale, a["weight_format"],
-                                        a["act_format"], a["group_size"], a["scale_format"], a["act_clip"])
+    def forward(ctx, spec, *tensors):
+        op_type, attrs, present = json.loads(spec)
+        it = iter(tensors)
+        return plugin_reference(op_type, attrs)(*[next(it) if p else None for p in present])
 
     @staticmethod
-    def symbolic(g, x, packed, scale, tensor_scale, bias, act_scale, attrs_json):
-        rank = x.type().dim()
-        return _plugin_symbolic("FP4GroupGemm", g, [x, packed, scale, tensor_scale, bias, act_scale],
-                                json.loads(attrs_json), rank)
+    def symbolic(g, spec, *tensors):
+        op_type, attrs, present = json.loads(spec)
+        it = iter(tensors)
+        # An absent optional input is an empty name in ONNX: the exporter writes "" for this placeholder.
+        vals = [next(it) if p else symbolic_helper._optional_input_placeholder_tensor(g) for p in present]
+        sizes = tensors[0].type().varyingSizes()  # None where symbolic (batch, resolution)
+        rank = len(sizes)
+        out = g.op(f"{PLUGIN_DOMAIN}::{op_type}", *vals, **_attr_kwargs(attrs), plugin_version_s=PLUGIN_VERSION,
+                   plugin_namespace_s=PLUGIN_DOMAIN, aot_i=1,
+                   trtq_overload_s=plugin_overload(op_type, attrs, tuple(present), rank))
+        # The activation's dtype, and the output sizes the exporter can know (downstream ops such as diffusers'
+        # squeeze(1) export an If node where a size is unknown).
+        out.setType(tensors[0].type().with_sizes(_output_sizes(op_type, attrs, sizes, tensors[1:])))
+        return out
 
 
-class _DynamicQDQFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, attrs_json):
-        a = json.loads(attrs_json)
-        return reference.dynamic_group_qdq(x, a["format"], a["axis"], a["group_size"])
+def _output_sizes(op_type: str, attrs: dict, sizes: list, params) -> list:
+    if op_type == "WinogradConvInt8":
+        (ph, pw), cout = attrs["pads"], params[0].type().sizes()[2]
+        h, w = sizes[2], sizes[3]
+        return [sizes[0], cout, None if h is None else h + 2 * ph - 2, None if w is None else w + 2 * pw - 2]
+    if op_type == "FP4GroupGemm":
+        return sizes[:-1] + [params[0].type().sizes()[0]]
+    return sizes
 
-    @staticmethod
-    def symbolic(g, x, attrs_json):
-        return _plugin_symbolic("DynamicGroupQDQ", g, [x], json.loads(attrs_json), x.type().dim())
+
+def call_plugin(op_type: str, attrs: dict, inputs: list):
+    present = [t is not None for t in inputs]
+    spec = json.dumps([op_type, attrs, present])
+    return _PluginFn.apply(spec, *[t for t in inputs if t is not None])
 
 
 class WinogradConvInt8(nn.Module):
@@ -130,8 +123,7 @@ class WinogradConvInt8(nn.Module):
                                                 self.act_scale]
 
     def forward(self, x):
-        return _WinogradFn.apply(x, self.w_int8, self.w_scale, self.bias, self.at, self.bt, self.act_scale,
-                                 json.dumps(self.attrs))
+        return call_plugin(*self.plugin_call(x))
 
 
 class FP4GroupGemm(nn.Module):
@@ -157,8 +149,7 @@ class FP4GroupGemm(nn.Module):
             from trtq.hadamard import rotate
 
             x = rotate(x, self.hadamard_signs)
-        return _FP4Fn.apply(x, self.weight_packed, self.weight_scale, self.weight_tensor_scale, self.bias,
-                            self.act_scale, json.dumps(self.attrs))
+        return call_plugin(*self.plugin_call(x))
 
 
 # --------------------------------------------------------------------------------------- Q/DQ layers
@@ -183,7 +174,9 @@ class _QDQFn(torch.autograd.Function):
         kw = {"axis_i": axis} if scale.type().dim() else {}
         zp = [] if zero_point is None or zero_point.node().mustBeNone() else [zero_point]
         q = g.op("QuantizeLinear", x, scale, *zp, **kw, trtq_code_type_s=fmt)
-        return g.op("DequantizeLinear", q, scale, *zp, **kw, trtq_code_type_s=fmt)
+        out = g.op("DequantizeLinear", q, scale, *zp, **kw, trtq_code_type_s=fmt)
+        out.setType(x.type())
+        return out
 
 
 class _DQFn(torch.autograd.Function):
@@ -248,7 +241,7 @@ class ActQuant(nn.Module):
 
     def forward(self, x):
         if self.dynamic is not None:
-            return _DynamicQDQFn.apply(x, json.dumps(self.dynamic))
+            return call_plugin(*self.plugin_call(x))
         return _QDQFn.apply(x, self.scale.to(x.dtype), self.zero_point, self.axis, self.qmin, self.qmax, self.fmt)
 
 
