@@ -379,6 +379,8 @@ def summarize(path: str | Path) -> dict:
 
     def code_type(name: str) -> str:
         n = producer.get(name)
+        while n is not None and n.op_type in ("Cast", "Identity", "Transpose", "Reshape"):
+            n = producer.get(n.input[0])
         if n is None or n.op_type != "DequantizeLinear":
             return "float"
         src = n.input[0]

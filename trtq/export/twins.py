@@ -245,6 +245,12 @@ class ActQuant(nn.Module):
         return _QDQFn.apply(x, self.scale.to(x.dtype), self.zero_point, self.axis, self.qmin, self.qmax, self.fmt)
 
 
+def _as(t, x):
+    """t in x's dtype, with no Cast node where it already is one (a Cast between DequantizeLinear and the
+    Conv/MatMul would hide the Q/DQ pattern from TensorRT's fusion)."""
+    return t if t is None or t.dtype == x.dtype else t.to(x.dtype)
+
+
 class QDQConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d, weight: nn.Module, act: ActQuant | None, bias):
         super().__init__()
@@ -257,8 +263,7 @@ class QDQConv2d(nn.Module):
     def forward(self, x):
         x = x if self.act is None else self.act(x)
         w = self.weight_dq()
-        return F.conv2d(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype), self.stride,
-                        self.padding, self.dilation, self.groups)
+        return F.conv2d(x, _as(w, x), _as(self.bias, x), self.stride, self.padding, self.dilation, self.groups)
 
 
 class QDQLinear(nn.Module):
@@ -270,7 +275,7 @@ class QDQLinear(nn.Module):
     def forward(self, x):
         x = x if self.act is None else self.act(x)
         w = self.weight_dq()
-        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return F.linear(x, _as(w, x), _as(self.bias, x))
 
 
 class FloatWeight(nn.Module):
