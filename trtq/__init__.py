@@ -5,17 +5,19 @@ The public verbs:
     save_artifact(model, path, name)        calibrated scales -> safetensors + JSON manifest
     load_artifact(model, path)              re-quantize a float model from an artifact (refuses foreign ones)
     list_recipes(), get_recipe(name)        recipes are data (YAML)
+    export_onnx(model, out_dir, ...)        quantized denoiser -> ONNX with trtq plugin nodes + manifest
 """
 
 __version__ = "0.1.0"
 
 from trtq.artifact import load_artifact, read_manifest, save_artifact  # noqa: E402
 from trtq.errors import TrtqError  # noqa: E402
+from trtq.export import export_onnx  # noqa: E402
 from trtq.quantize import calibrate, prepare, quantize  # noqa: E402
 from trtq.recipes import LayerRule, Recipe, get_recipe, list_recipes  # noqa: E402
 from trtq.scheme import QuantScheme  # noqa: E402
 
 __all__ = [
-    "LayerRule", "QuantScheme", "Recipe", "TrtqError", "calibrate", "get_recipe", "list_recipes",
+    "LayerRule", "QuantScheme", "Recipe", "TrtqError", "calibrate", "export_onnx", "get_recipe", "list_recipes",
     "load_artifact", "prepare", "quantize", "read_manifest", "save_artifact", "__version__",
 ]

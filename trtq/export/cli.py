@@ -1,0 +1,104 @@
+"""`trtq export` and `trtq inspect`: the CLI shells over `export_onnx` and `summarize`.
+
+Wired into `trtq/cli.py` with two lines:
+    from trtq.export.cli import add_export_parser
+    add_export_parser(sub)          # adds `export` and `inspect`; each sets args.func
+Every check of the user's input runs before the model is loaded or anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from trtq.errors import TrtqError
+
+EXAMPLES = """examples:
+  trtq export --model digits-unet --recipe w8a8-minmax --out onnx/unet-w8a8
+  trtq export --model digits-unet --artifact artifacts/unet-w8a8 --out onnx/unet-w8a8 --batch 1:2:8 --resolution 16:32:64
+  trtq export --model digits-dit --recipe w4a4-nvfp4 --out onnx/dit-nvfp4 --dtype bfloat16 --summary
+  trtq inspect onnx/dit-nvfp4/model.onnx
+
+The graph is strongly typed (precisions come from its Q/DQ nodes and dtypes); Winograd and FP4 layers are
+trtq plugin nodes, each backed by an ONNX local function, so ONNX Runtime runs the file as it is.
+manifest.json beside model.onnx holds the profiles (min/opt/max shapes) and plugin list a builder needs."""
+
+
+def parse_range(text: str, what: str) -> tuple[int, int, int]:
+    """"MIN:OPT:MAX" (or one number for all three) -> three ints, MIN <= OPT <= MAX."""
+    parts = text.split(":")
+    if len(parts) == 1:
+        parts = parts * 3
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1 or not values[0] <= values[1] <= values[2]:
+        raise TrtqError(f"--{what} must be MIN:OPT:MAX positive integers with MIN <= OPT <= MAX, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def add_export_parser(subparsers) -> None:
+    s = subparsers.add_parser("export", help="export a quantized denoiser to ONNX (+ manifest.json)",
+                              description="Export a quantized denoiser as a strongly typed ONNX graph.",
+                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--model", required=True, help="zoo name (digits-unet, digits-dit) or local model directory")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--recipe", help="recipe name or file: quantize (calibrating on the zoo sampler) and export")
+    g.add_argument("--artifact", help="artifact directory written by `trtq quantize` for this model")
+    s.add_argument("--out", required=True, help="directory for model.onnx and manifest.json")
+    s.add_argument("--batch", default="1:2:4", help="batch profile MIN:OPT:MAX (default 1:2:4)")
+    s.add_argument("--resolution", help="latent height = width profile MIN:OPT:MAX (default: the model's size)")
+    s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="activation dtype of the graph (default float16)")
+    s.add_argument("--static", action="store_true", help="fixed shapes (the opt profile) instead of dynamic axes")
+    s.add_argument("--calib-samples", type=int, default=20, help="calibration trajectories with --recipe")
+    s.add_argument("--summary", action="store_true", help="print the graph summary after exporting")
+    s.set_defaults(func=cmd_export)
+
+    s = subparsers.add_parser("inspect", help="summarize an ONNX file: nodes per op and precision, plugins, bytes")
+    s.add_argument("path", help="model.onnx or an export directory")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=cmd_inspect)
+
+
+def cmd_export(args) -> None:
+    from trtq.eval.evaluate import QuantSpec, SamplingConfig, quantized_denoiser
+    from trtq.export.onnx import check_out_dir, export_onnx, format_summary, summarize
+
+    out = Path(args.out)
+    check_out_dir(out)
+    batch = parse_range(args.batch, "batch")
+    resolution = None if args.resolution is None else parse_range(args.resolution, "resolution")
+    spec = QuantSpec(recipe=args.recipe, artifact=args.artifact)
+    spec.check()  # unknown recipe / unreadable artifact: refused before the model is loaded
+    if args.recipe is not None:
+        from trtq.baselines import BASELINES
+
+        if args.recipe in BASELINES:
+            raise TrtqError(f"{args.recipe} is an outside baseline (trtq eval); it has no trtq layers to export")
+    from trtq.zoo import load_model
+
+    model = load_model(args.model)
+    if args.artifact is not None:
+        from trtq.artifact import check_artifact
+
+        check_artifact(args.artifact, model.denoiser, model.name)  # a foreign artifact: refused before work
+    cfg = SamplingConfig(calib_samples=args.calib_samples, progress=False)
+    denoiser = quantized_denoiser(model, spec, cfg)
+    export_onnx(denoiser, out, dynamic=not args.static, dtype=args.dtype, batch=batch, resolution=resolution,
+                model_name=model.name, artifact=args.artifact)
+    print(f"wrote {out / 'model.onnx'} and {out / 'manifest.json'} ({spec.label} on {model.name}, {args.dtype})")
+    if args.summary:
+        print(format_summary(summarize(out)))
+
+
+def cmd_inspect(args) -> None:
+    from trtq.export.onnx import format_summary, summarize
+
+    path = Path(args.path)
+    if not path.exists():
+        raise TrtqError(f"{path} does not exist")
+    s = summarize(path)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))

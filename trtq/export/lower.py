@@ -1,0 +1,172 @@
+"""Lowering: a quantized model (from `trtq.quantize` or `load_artifact`) -> a deployment module tree.
+
+Every quantized layer is replaced by its export twin (`trtq.export.twins`), built from the layer's state
+through its stable accessors only; everything else is copied unchanged. The user's model is not touched:
+the copy shares nothing mutable with it (the quantized layers themselves are not even copied, only read).
+A layer kind or scheme the exporter cannot express is a `TrtqError` naming the layer: nothing is silently
+left in float.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from trtq.errors import TrtqError
+from trtq.export import twins
+from trtq.formats import get_format, unpack_4bit
+from trtq.nn import QuantConv2d, QuantLinear, TensorQuantizer, is_quantized
+from trtq.nn.fp4_linear import FP4Linear
+from trtq.quantizer import quantize_tensor
+from trtq.scheme import QuantScheme
+from trtq.winograd.layer import WinogradQuantConv2d
+
+# Formats a Q/DQ pair can hold, by their ONNX element type (INT4 weights: TensorRT's blocked weight-only path).
+_QDQ_TYPES = {"int8": "int8", "int4": "int4", "fp8_e4m3": "float8e4m3fn"}
+# Dynamic activation groups become the trtq::DynamicGroupQDQ node; its decomposition handles these.
+_DYNAMIC_FORMATS = ("int8", "int4")
+
+
+def lower(model: nn.Module) -> nn.Module:
+    """A new module tree in which every quantized layer of `model` is its export twin."""
+    layers = {name: m for name, m in model.named_modules() if is_quantized(m)}
+    if not layers:
+        raise TrtqError("this model has no quantized layers: quantize it (trtq.quantize / load_artifact) first")
+    # Leave the quantized layers out of the copy (their twins replace them below).
+    lowered = copy.deepcopy(model, memo={id(m): None for m in layers.values()})
+    for name, layer in layers.items():
+        try:
+            twin = lower_layer(layer)
+        except TrtqError as e:
+            raise TrtqError(f"layer {name}: {e}") from None
+        parent, _, child = name.rpartition(".")
+        setattr(lowered.get_submodule(parent) if parent else lowered, child, twin)
+    leftover = [n for n, m in lowered.named_modules() if isinstance(m, TensorQuantizer) or is_quantized(m)]
+    if leftover:
+        raise TrtqError(f"layer {leftover[0]}: a quantizer outside a quantized layer cannot be exported")
+    return lowered
+
+
+def lower_layer(layer: nn.Module) -> nn.Module:
+    if isinstance(layer, WinogradQuantConv2d):
+        return _lower_winograd(layer)
+    if isinstance(layer, FP4Linear):
+        return _lower_fp4(layer)
+    if type(layer) in (QuantConv2d, QuantLinear):
+        return _lower_fake(layer)
+    raise TrtqError(f"{type(layer).__name__} is a quantized layer kind the ONNX exporter cannot express")
+
+
+def _ready(q: TensorQuantizer | None, role: str) -> None:
+    if q is not None and (q.mode != "quantize" or not q.calibrated):
+        raise TrtqError(f"its {role} quantizer is in mode {q.mode!r} (calibrated={q.calibrated}); export needs "
+                        "a calibrated model in 'quantize' mode")
+
+
+# --------------------------------------------------------------------------------------- plugin layers
+def _lower_winograd(layer: WinogradQuantConv2d) -> nn.Module:
+    _ready(layer.input_quantizer, "input")
+    codes, w_scale = layer.int8_weight()
+    at, _, bt = layer.transforms()
+    return twins.WinogradConvInt8(codes, w_scale, layer.bias, at, bt, layer.static_act_scale(), layer.tile,
+                                  layer.pad, layer.group_size, layer.granularity)
+
+
+def _lower_fp4(layer: FP4Linear) -> nn.Module:
+    if getattr(layer, "float_forward", False):
+        raise TrtqError("FP4 layer is in float_forward mode (a calibration capture was left on)")
+    iq = layer.input_quantizer
+    _ready(iq, "input")
+    act_scale = None
+    if iq is not None and not iq.scheme.dynamic:
+        groups = layer.in_features // layer.group_size
+        scale = iq.scale.float().reshape(-1)
+        act_scale = scale.expand(groups) if scale.numel() == 1 else scale
+    return twins.FP4GroupGemm(layer.weight_packed, layer.weight_scale, layer.weight_tensor_scale, layer.bias,
+                              act_scale, layer.hadamard_signs, layer.weight_format, layer.act_format,
+                              layer.group_size, layer.scale_format or "float32", layer.act_clip)
+
+
+# --------------------------------------------------------------------------------------- Q/DQ layers
+def _lower_fake(layer: QuantConv2d | QuantLinear) -> nn.Module:
+    wq, iq = layer.weight_quantizer, layer.input_quantizer
+    _ready(wq, "weight")
+    _ready(iq, "input")
+    weight = twins.FloatWeight(layer.weight) if wq is None else _weight_dq(layer.weight, wq)
+    act = None if iq is None else _act_quant(iq)
+    if isinstance(layer, QuantConv2d):
+        if layer.padding_mode != "zeros":
+            raise TrtqError(f"padding_mode {layer.padding_mode!r} has no ONNX Conv equivalent")
+        return twins.QDQConv2d(layer, weight, act, layer.bias)
+    return twins.QDQLinear(weight, act, layer.bias)
+
+
+def _code_type(scheme: QuantScheme, role: str) -> str:
+    if scheme.format not in _QDQ_TYPES:
+        raise TrtqError(f"{role} format {scheme.format} has no ONNX QuantizeLinear/DequantizeLinear type "
+                        f"(expressible: {', '.join(_QDQ_TYPES)})")
+    if scheme.scale_format is not None:
+        raise TrtqError(f"{role} scheme {scheme.describe()}: FP8-coded scales on a Q/DQ layer are not expressible")
+    if not scheme.symmetric and scheme.format != "int8":
+        raise TrtqError(f"{role} scheme {scheme.describe()}: only INT8 may be asymmetric in ONNX Q/DQ")
+    return _QDQ_TYPES[scheme.format]
+
+
+def _weight_dq(weight: torch.Tensor, wq: TensorQuantizer) -> nn.Module:
+    s = wq.scheme
+    if s.dynamic:
+        raise TrtqError("dynamic weight scales cannot be stored")
+    fmt = _code_type(s, "weight")
+    w = weight.detach().float()
+    qt = quantize_tensor(w, wq.scale, wq.zero_point, s)
+    codes = qt.codes
+    if fmt == "int4":  # packed two's-complement nibbles -> int8 values in [-8, 7], retyped to INT4 in ONNX
+        codes = get_format("int4").decode(unpack_4bit(codes)).reshape(w.shape).to(torch.int8)
+    codes = codes.reshape(w.shape)
+    scale = qt.scale.float()
+    zp = None if qt.zero_point is None else qt.zero_point
+    axis, block = 0, 0
+    if s.granularity == "channel":
+        axis = s.axis % w.dim()
+        scale = scale.reshape(-1)
+        zp = None if zp is None else zp.reshape(-1)
+    elif s.granularity == "group":
+        axis, block = s.axis % w.dim(), s.group_size  # blocked DequantizeLinear: scale keeps the tensor's rank
+    else:
+        scale = scale.reshape(())
+        zp = None if zp is None else zp.reshape(())
+    zp = None if zp is None else zp.round().to(torch.uint8)
+    return twins.WeightDQ(codes, scale, zp, axis, block, fmt)
+
+
+def _act_quant(iq: TensorQuantizer) -> nn.Module:
+    s = iq.scheme
+    if s.dynamic:
+        if s.granularity != "group" or not s.symmetric or s.format not in _DYNAMIC_FORMATS:
+            raise TrtqError(f"input scheme {s.describe()}: dynamic activations are exported as "
+                            f"trtq::DynamicGroupQDQ, which takes symmetric {'/'.join(_DYNAMIC_FORMATS)} groups only")
+        return twins.ActQuant(dynamic={"format": s.format, "axis": int(s.axis), "group_size": int(s.group_size)})
+    fmt = _code_type(s, "input")
+    if fmt == "int4":
+        raise TrtqError(f"input scheme {s.describe()}: static INT4 activations have no TensorRT Q/DQ kernel")
+    scale, zp, axis = iq.scale.float(), iq.zero_point, 0
+    if s.granularity == "tensor":
+        scale = scale.reshape(())
+        zp = None if zp is None else zp.reshape(())
+    else:
+        # Shared static scales (one per channel or per channel group for all pixels/tokens): per-axis Q/DQ,
+        # groups repeated onto their channels. The axis is kept as the recipe gives it (negative = from the end).
+        axis = int(s.axis)
+        scale = scale.reshape(-1)
+        zp = None if zp is None else zp.reshape(-1)
+        if s.granularity == "group":
+            scale = scale.repeat_interleave(s.group_size)
+            zp = None if zp is None else zp.repeat_interleave(s.group_size)
+    if fmt == "float8e4m3fn":
+        zero = torch.zeros(scale.shape, dtype=torch.uint8)  # FP8 +0 bits; retyped to FLOAT8E4M3FN in ONNX
+        return twins.ActQuant(scale, zero, axis, -448, 448, fmt)
+    if zp is None:
+        return twins.ActQuant(scale, torch.zeros(scale.shape, dtype=torch.int8), axis, -128, 127, fmt)
+    return twins.ActQuant(scale, zp.round().to(torch.uint8), axis, 0, 255, fmt)

@@ -1,0 +1,305 @@
+"""Export twins: deployment modules that a lowered model is made of, each mapping to fixed ONNX nodes.
+
+A twin's `forward` computes in PyTorch what its nodes compute (so a lowered model can be checked against
+the quantized model it came from); its `torch.autograd.Function.symbolic` says which nodes the TorchScript
+ONNX exporter emits for it:
+
+    QDQConv2d / QDQLinear   [QuantizeLinear -> DequantizeLinear] on the input (static per-tensor/per-channel),
+                            or one trtq::DynamicGroupQDQ node (dynamic per-group scales);
+                            weight = INT8/INT4/FP8 initializer -> DequantizeLinear (per-channel or blocked);
+                            then the float Conv / MatMul (+ bias).
+    WinogradConvInt8        one trtq::WinogradConvInt8 node (plugin), packed weights/scales as initializers.
+    FP4GroupGemm            [Hadamard rotation in standard ops] -> one trtq::FP4GroupGemm node (plugin).
+
+Plugin nodes carry `plugin_version` / `plugin_namespace` (what TensorRT's ONNX parser reads for plugins),
+`aot = 1` (an ahead-of-time implementation is wanted) and a private `trtq_overload` attribute that the
+exporter turns into the node's function overload (the key of the local function holding its decomposition).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.onnx._internal.torchscript_exporter import symbolic_helper
+
+from trtq.export import reference
+
+PLUGIN_DOMAIN = "trtq"
+PLUGIN_VERSION = "1"
+# Plugin op type -> (input names in order, attribute names as the plugin declares them).
+PLUGINS = {
+    "WinogradConvInt8": (("x", "w_int8", "w_scale", "bias", "at", "bt", "act_scale"),
+                         ("tile", "pads", "group_size", "act_granularity")),
+    "FP4GroupGemm": (("x", "weight_packed", "weight_scale", "weight_tensor_scale", "bias", "act_scale"),
+                     ("weight_format", "act_format", "group_size", "scale_format", "act_clip")),
+    "DynamicGroupQDQ": (("x",), ("format", "axis", "group_size")),
+}
+# ONNX element types a code tensor is retyped to after export (torch has no int4; uint8 holds FP8 bits).
+CODE_TYPES = ("int8", "int4", "float8e4m3fn")
+
+
+def _attr_kwargs(attrs: dict) -> dict:
+    """Python attribute values -> TorchScript g.op keyword arguments (name_i / name_f / name_s suffixes)."""
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, bool) or isinstance(v, int):
+            out[f"{k}_i"] = int(v)
+        elif isinstance(v, float):
+            out[f"{k}_f"] = v
+        elif isinstance(v, str):
+            out[f"{k}_s"] = v
+        elif isinstance(v, (list, tuple)):
+            out[f"{k}_i"] = [int(i) for i in v]
+        else:
+            raise TypeError(f"attribute {k}={v!r}")
+    return out
+
+
+def plugin_overload(op_type: str, attrs: dict, present: tuple[bool, ...], rank: int) -> str:
+    """The function overload that holds this node's decomposition: one per distinct structure."""
+    key = {"attrs": attrs, "inputs": "".join("1" if p else "0" for p in present), "rank": rank}
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+
+
+class _PluginFn(torch.autograd.Function):
+    """One trtq plugin node. Only the present tensors are passed (absent optional inputs are listed in the
+    spec): the TorchScript tracer mishandles several None arguments to one autograd.Function."""
+
+    @staticmethod
+    def forward(ctx, spec, *tensors):
+        op_type, attrs, present = json.loads(spec)
+        it = iter(tensors)
+        return plugin_reference(op_type, attrs)(*[next(it) if p else None for p in present])
+
+    @staticmethod
+    def symbolic(g, spec, *tensors):
+        op_type, attrs, present = json.loads(spec)
+        it = iter(tensors)
+        # An absent optional input is an empty name in ONNX: the exporter writes "" for this placeholder.
+        vals = [next(it) if p else symbolic_helper._optional_input_placeholder_tensor(g) for p in present]
+        sizes = tensors[0].type().varyingSizes()  # None where symbolic (batch, resolution)
+        rank = len(sizes)
+        out = g.op(f"{PLUGIN_DOMAIN}::{op_type}", *vals, **_attr_kwargs(attrs), plugin_version_s=PLUGIN_VERSION,
+                   plugin_namespace_s=PLUGIN_DOMAIN, aot_i=1,
+                   trtq_overload_s=plugin_overload(op_type, attrs, tuple(present), rank))
+        # The activation's dtype, and the output sizes the exporter can know (downstream ops such as diffusers'
+        # squeeze(1) export an If node where a size is unknown).
+        out.setType(tensors[0].type().with_sizes(_output_sizes(op_type, attrs, sizes, tensors[1:])))
+        return out
+
+
+def _output_sizes(op_type: str, attrs: dict, sizes: list, params) -> list:
+    if op_type == "WinogradConvInt8":
+        (ph, pw), cout = attrs["pads"], params[0].type().sizes()[2]
+        h, w = sizes[2], sizes[3]
+        return [sizes[0], cout, None if h is None else h + 2 * ph - 2, None if w is None else w + 2 * pw - 2]
+    if op_type == "FP4GroupGemm":
+        return sizes[:-1] + [params[0].type().sizes()[0]]
+    return sizes
+
+
+def call_plugin(op_type: str, attrs: dict, inputs: list):
+    present = [t is not None for t in inputs]
+    spec = json.dumps([op_type, attrs, present])
+    return _PluginFn.apply(spec, *[t for t in inputs if t is not None])
+
+
+class WinogradConvInt8(nn.Module):
+    """Deployment form of `WinogradQuantConv2d`: INT8 Winograd-domain weights + transforms, FP32."""
+
+    def __init__(self, w_int8, w_scale, bias, at, bt, act_scale, tile, pads, group_size, act_granularity):
+        super().__init__()
+        self.register_buffer("w_int8", w_int8.to(torch.int8).contiguous())
+        for name, t in (("w_scale", w_scale), ("bias", bias), ("at", at), ("bt", bt), ("act_scale", act_scale)):
+            self.register_buffer(name, None if t is None else t.detach().float().contiguous())
+        self.attrs = {"tile": int(tile), "pads": [int(p) for p in pads], "group_size": int(group_size),
+                      "act_granularity": act_granularity}
+
+    def plugin_call(self, x):
+        return "WinogradConvInt8", self.attrs, [x, self.w_int8, self.w_scale, self.bias, self.at, self.bt,
+                                                self.act_scale]
+
+    def forward(self, x):
+        return call_plugin(*self.plugin_call(x))
+
+
+class FP4GroupGemm(nn.Module):
+    """Deployment form of `FP4Linear`: packed FP4 weights, group scales; Hadamard rotation in front."""
+
+    def __init__(self, weight_packed, weight_scale, weight_tensor_scale, bias, act_scale, hadamard_signs,
+                 weight_format, act_format, group_size, scale_format, act_clip):
+        super().__init__()
+        self.register_buffer("weight_packed", weight_packed.to(torch.uint8).contiguous())
+        self.register_buffer("weight_scale", weight_scale.detach().contiguous())  # FP32 or FP8 codes (uint8)
+        for name, t in (("weight_tensor_scale", weight_tensor_scale), ("bias", bias), ("act_scale", act_scale)):
+            self.register_buffer(name, None if t is None else t.detach().float().contiguous())
+        self.register_buffer("hadamard_signs", None if hadamard_signs is None else hadamard_signs.to(torch.int8))
+        self.attrs = {"weight_format": weight_format, "act_format": act_format, "group_size": int(group_size),
+                      "scale_format": scale_format, "act_clip": float(act_clip)}
+
+    def plugin_call(self, x):
+        return "FP4GroupGemm", self.attrs, [x, self.weight_packed, self.weight_scale, self.weight_tensor_scale,
+                                            self.bias, self.act_scale]
+
+    def forward(self, x):
+        if self.hadamard_signs is not None:
+            from trtq.hadamard import rotate
+
+            x = rotate(x, self.hadamard_signs)
+        return call_plugin(*self.plugin_call(x))
+
+
+# --------------------------------------------------------------------------------------- Q/DQ layers
+class _QDQFn(torch.autograd.Function):
+    """QuantizeLinear -> DequantizeLinear with static scales (per tensor, or per channel along `axis`)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, axis, qmin, qmax, fmt):
+        shape = [1] * x.dim()
+        if scale.dim():
+            shape[axis] = -1
+        s = scale.reshape(shape).to(x.dtype)
+        z = 0 if zero_point is None else zero_point.reshape(shape).to(x.dtype)
+        if fmt == "float8e4m3fn":
+            v = reference.round_to_format((x / s).float(), "fp8_e4m3").to(x.dtype)
+        else:
+            v = (torch.round(x / s) + z).clamp(qmin, qmax)
+        return (v - z) * s
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point, axis, qmin, qmax, fmt):
+        kw = {"axis_i": axis} if scale.type().dim() else {}
+        zp = [] if zero_point is None or zero_point.node().mustBeNone() else [zero_point]
+        q = g.op("QuantizeLinear", x, scale, *zp, **kw, trtq_code_type_s=fmt)
+        out = g.op("DequantizeLinear", q, scale, *zp, **kw, trtq_code_type_s=fmt)
+        out.setType(x.type())
+        return out
+
+
+class _DQFn(torch.autograd.Function):
+    """DequantizeLinear of stored codes: per-channel (`axis`) or blocked (`axis` + `block_size`)."""
+
+    @staticmethod
+    def forward(ctx, codes, scale, zero_point, axis, block_size, fmt, dtype):
+        q = codes.float()
+        if fmt == "float8e4m3fn":
+            q = reference._decode(codes, "fp8_e4m3")
+        if zero_point is not None:
+            q = q - _expand(zero_point.float(), codes, axis, block_size)
+        return (q * _expand(scale.float(), codes, axis, block_size)).to(scale.dtype)
+
+    @staticmethod
+    def symbolic(g, codes, scale, zero_point, axis, block_size, fmt, dtype):
+        kw = {"axis_i": axis}
+        if block_size:
+            kw["block_size_i"] = block_size
+        zp = [] if zero_point is None or zero_point.node().mustBeNone() else [zero_point]
+        out = g.op("DequantizeLinear", codes, scale, *zp, **kw, trtq_code_type_s=fmt)
+        out.setType(scale.type().with_sizes(codes.type().sizes()))
+        return out
+
+
+def _expand(scale: torch.Tensor, codes: torch.Tensor, axis: int, block_size: int) -> torch.Tensor:
+    if scale.dim() == 0:
+        return scale
+    if block_size:
+        return scale.repeat_interleave(block_size, dim=axis)
+    shape = [1] * codes.dim()
+    shape[axis] = -1
+    return scale.reshape(shape)
+
+
+class WeightDQ(nn.Module):
+    """Stored weight codes + scales -> the float weight, as DequantizeLinear of an initializer."""
+
+    def __init__(self, codes, scale, zero_point, axis, block_size, fmt):
+        super().__init__()
+        self.register_buffer("codes", codes.contiguous())
+        self.register_buffer("scale", scale.contiguous())
+        self.register_buffer("zero_point", None if zero_point is None else zero_point.contiguous())
+        self.axis, self.block_size, self.fmt = axis, block_size, fmt
+
+    def forward(self):
+        return _DQFn.apply(self.codes, self.scale, self.zero_point, self.axis, self.block_size, self.fmt, None)
+
+
+class ActQuant(nn.Module):
+    """Input activation quantization: static Q/DQ, or the dynamic per-group trtq::DynamicGroupQDQ node."""
+
+    def __init__(self, scale=None, zero_point=None, axis=0, qmin=-128, qmax=127, fmt="int8", dynamic=None):
+        super().__init__()
+        self.register_buffer("scale", None if scale is None else scale.contiguous())
+        self.register_buffer("zero_point", None if zero_point is None else zero_point.contiguous())
+        self.axis, self.qmin, self.qmax, self.fmt = axis, qmin, qmax, fmt
+        self.dynamic = dynamic  # {"format", "axis", "group_size"} for dynamic group scales
+
+    def plugin_call(self, x):
+        return None if self.dynamic is None else ("DynamicGroupQDQ", self.dynamic, [x])
+
+    def forward(self, x):
+        if self.dynamic is not None:
+            return call_plugin(*self.plugin_call(x))
+        return _QDQFn.apply(x, self.scale.to(x.dtype), self.zero_point, self.axis, self.qmin, self.qmax, self.fmt)
+
+
+def _as(t, x):
+    """t in x's dtype, with no Cast node where it already is one (a Cast between DequantizeLinear and the
+    Conv/MatMul would hide the Q/DQ pattern from TensorRT's fusion)."""
+    return t if t is None or t.dtype == x.dtype else t.to(x.dtype)
+
+
+class QDQConv2d(nn.Module):
+    def __init__(self, conv: nn.Conv2d, weight: nn.Module, act: ActQuant | None, bias):
+        super().__init__()
+        self.weight_dq, self.act = weight, act
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        if conv.padding_mode != "zeros":
+            raise ValueError("padding_mode")
+
+    def forward(self, x):
+        x = x if self.act is None else self.act(x)
+        w = self.weight_dq()
+        return F.conv2d(x, _as(w, x), _as(self.bias, x), self.stride, self.padding, self.dilation, self.groups)
+
+
+class QDQLinear(nn.Module):
+    def __init__(self, weight: nn.Module, act: ActQuant | None, bias):
+        super().__init__()
+        self.weight_dq, self.act = weight, act
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x):
+        x = x if self.act is None else self.act(x)
+        w = self.weight_dq()
+        return F.linear(x, _as(w, x), _as(self.bias, x))
+
+
+class FloatWeight(nn.Module):
+    """A weight the recipe leaves in float (weight-only-activation rules): a plain initializer."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+
+    def forward(self):
+        return self.weight
+
+
+PLUGIN_TWINS = (WinogradConvInt8, FP4GroupGemm, ActQuant)
+
+
+def plugin_reference(op_type: str, attrs: dict):
+    """The reference decomposition of a plugin node as a function of its (present) inputs, for tracing."""
+    a = json.loads(json.dumps(attrs))
+    if op_type == "WinogradConvInt8":
+        return lambda x, w, ws, b, at, bt, sa: reference.winograd_conv_int8(
+            x, w, ws, b, at, bt, a["tile"], a["pads"], a["group_size"], a["act_granularity"], sa)
+    if op_type == "FP4GroupGemm":
+        return lambda x, wp, ws, wt, b, sa: reference.fp4_group_gemm(
+            x, wp, ws, wt, b, sa, a["weight_format"], a["act_format"], a["group_size"], a["scale_format"],
+            a["act_clip"])
+    return lambda x: reference.dynamic_group_qdq(x, a["format"], a["axis"], a["group_size"])
