@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from trtq.errors import TrtqError
+from trtq.export.cli import add_export_parser
 
 # Bounds that keep a typo from turning into days of work or an out-of-memory kill.
 MAX_SAMPLES = 100_000
@@ -118,6 +119,7 @@ def cmd_recipes(args) -> None:
 
 def cmd_quantize(args) -> None:
     from trtq.artifact import save_artifact
+    from trtq.recipes import parse_overrides
     from trtq.baselines import BASELINES
     from trtq.eval.evaluate import QuantSpec, SamplingConfig, quantized_denoiser
     from trtq.zoo import load_model
@@ -129,7 +131,7 @@ def cmd_quantize(args) -> None:
     check_counts(args)
     out = Path(args.out)
     check_output_dir(out, "--out", is_artifact_dir, "trtq artifact")
-    spec = QuantSpec(recipe=args.recipe)
+    spec = QuantSpec(recipe=args.recipe, overrides=tuple(parse_overrides(args.set).items()))
     spec.check()
     cfg = SamplingConfig(calib_samples=args.calib_samples, steps=args.steps, progress=True)
     model = load_model(args.model)
@@ -194,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="zoo name or local model directory")
     s.add_argument("--recipe", required=True, help="recipe name (see `trtq recipes`) or YAML/JSON file")
     s.add_argument("--out", required=True, help="artifact directory to write")
+    s.add_argument("--set", action="append", default=[], metavar="METHOD.KNOB=VALUE",
+                   help="change a method knob without writing a recipe, e.g. --set winograd.steps=50 (repeatable)")
     sampling_args(s)
     s.set_defaults(func=cmd_quantize)
 
@@ -215,7 +219,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     s.add_argument("--samples", type=int, default=100, help="images per model and recipe (default 100)")
     s.set_defaults(func=cmd_demo)
+
+    add_export_parser(sub)
+
+    s = sub.add_parser("inspect", help="what a recipe does to a model, layer by layer; or an exported ONNX graph",
+                       description="trtq inspect --model M --recipe R: per layer, the kind and scheme it gets and "
+                                   "the rule or role that decided. trtq inspect PATH: an exported ONNX graph's "
+                                   "nodes per op and precision, plugin nodes, initializer bytes by dtype.")
+    s.add_argument("path", nargs="?", help="model.onnx or an export directory")
+    s.add_argument("--model", help="zoo name, architecture name (sd15, sdxl, dit-xl-2, pixart-alpha, sd3-medium, "
+                                   "flux-dev: built on the meta device) or a diffusers model directory")
+    s.add_argument("--recipe", help="recipe name or YAML/JSON file")
+    s.add_argument("--set", action="append", default=[], metavar="METHOD.KNOB=VALUE", help="method knob override")
+    s.add_argument("--json", action="store_true", help="ONNX summary as JSON")
+    s.set_defaults(func=cmd_inspect)
     return p
+
+
+def cmd_inspect(args) -> None:
+    if args.path is not None:
+        if args.model or args.recipe:
+            raise TrtqError("inspect takes either an ONNX PATH or --model and --recipe, not both")
+        from trtq.export.cli import cmd_inspect_onnx
+
+        return cmd_inspect_onnx(args)
+    if not (args.model and args.recipe):
+        raise TrtqError("inspect needs an ONNX PATH, or --model and --recipe")
+    from trtq.inspect import format_plan, model_for_inspection, quantization_plan
+    from trtq.recipes import get_recipe, parse_overrides
+
+    recipe = get_recipe(args.recipe).with_overrides(parse_overrides(args.set))
+    print(format_plan(quantization_plan(model_for_inspection(args.model), recipe)))
 
 
 def main(argv: list[str] | None = None) -> int:

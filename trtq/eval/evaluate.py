@@ -59,6 +59,10 @@ class QuantSpec:
 
     recipe: str | None = None
     artifact: str | None = None
+    overrides: tuple[tuple[str, object], ...] = ()  # method knobs (`--set winograd.steps=50`), recipes only
+
+    def resolved_recipe(self):
+        return get_recipe(self.recipe).with_overrides(dict(self.overrides))
 
     def __post_init__(self) -> None:
         if (self.recipe is None) == (self.artifact is None):
@@ -75,7 +79,9 @@ class QuantSpec:
         if self.artifact is not None:
             read_manifest(self.artifact)
         elif self.recipe not in BASELINES:
-            get_recipe(self.recipe)
+            self.resolved_recipe()
+        if self.overrides and (self.artifact is not None or self.recipe in BASELINES):
+            raise TrtqError("--set changes a trtq recipe's method knobs; it does not apply to an artifact or baseline")
 
 
 def calibration_loop(model, cfg: SamplingConfig):
@@ -98,7 +104,7 @@ def quantized_denoiser(model, spec: QuantSpec, cfg: SamplingConfig) -> nn.Module
         return load_artifact(denoiser, spec.artifact, model_name=model.name)
     if spec.recipe in BASELINES:
         return run_baseline(spec.recipe, denoiser, calibration_loop(model, cfg))
-    return quantize(denoiser, spec.recipe, calibration_loop(model, cfg))
+    return quantize(denoiser, spec.resolved_recipe(), calibration_loop(model, cfg))
 
 
 def device_name(device: str) -> str:

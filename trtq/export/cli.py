@@ -57,11 +57,6 @@ def add_export_parser(subparsers) -> None:
     s.add_argument("--summary", action="store_true", help="print the graph summary after exporting")
     s.set_defaults(func=cmd_export)
 
-    s = subparsers.add_parser("inspect", help="summarize an ONNX file: nodes per op and precision, plugins, bytes")
-    s.add_argument("path", help="model.onnx or an export directory")
-    s.add_argument("--json", action="store_true", help="print the summary as JSON")
-    s.set_defaults(func=cmd_inspect)
-
 
 def cmd_export(args) -> None:
     from trtq.eval.evaluate import QuantSpec, SamplingConfig, quantized_denoiser
@@ -94,7 +89,8 @@ def cmd_export(args) -> None:
         print(format_summary(summarize(out)))
 
 
-def cmd_inspect(args) -> None:
+def cmd_inspect_onnx(args) -> None:
+    """`trtq inspect PATH` (wired in trtq.cli, which also inspects recipes on models)."""
     from trtq.export.onnx import format_summary, summarize
 
     path = Path(args.path)
