@@ -134,6 +134,7 @@ def build_tiny_base(root: Path) -> Base:
     with torch.no_grad():
         q.wino.s_b.copy_(torch.tensor([1.0, 1.1, 0.9, 1.05, 0.95, 1.0]))  # learned-looking transform scales
         q.wino.s_g.copy_(torch.tensor([1.0, 0.9, 1.1, 0.97, 1.02, 1.0]))
+    q.wino.refresh_weight()  # derived INT8 weights follow the transform scales explicitly
     q.fp4.set_rotation(random_signs(32, 3))
     state = fp.state_dict()
 

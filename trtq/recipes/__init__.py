@@ -14,6 +14,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from trtq.errors import TrtqError
 from trtq.io.files import MiB, parse_json, parse_yaml, read_text
 from trtq.io.validate import Any as AnyValue
