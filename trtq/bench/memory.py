@@ -1,7 +1,7 @@
-"""Peak memory and time of quantizing a real-size architecture and of one forward, on the CPU, random weights.
+"""CPU-side (no GPU needed): peak memory and time of quantizing a real-size architecture and of one forward, on the CPU, random weights.
 
-    PYTHONPATH=. python docs/real_size_measure.py sd15 w8a8-minmax [--latent 32] [--set winograd.steps=10]
-    PYTHONPATH=. python docs/real_size_measure.py dit-xl-2 float
+    python -m trtq.bench.memory sd15 w8a8-minmax [--latent 32] [--set winograd.steps=10]
+    python -m trtq.bench.memory dit-xl-2 float
 
 Prints one JSON line: build / quantize / forward peaks (VmHWM, the resident high-water mark, reset between
 phases through /proc/self/clear_refs after glibc's malloc_trim) and wall seconds. One process per measurement: peaks never mix.
