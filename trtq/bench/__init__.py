@@ -1,2 +1,2 @@
-"""Kernel and model benchmarks (the kernel ones need a CUDA GPU; `memory` runs anywhere); each is a module runnable with `python -m trtq.bench.<name>`,
-and results land in docs/benchmarks/."""
+"""Benchmarks, each a module runnable as `python -m trtq.bench.<name>`: `winograd` and `fp4` need a CUDA GPU
+(results land in docs/benchmarks/); `memory` measures peak CPU memory of quantizing real-size models."""
