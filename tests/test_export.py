@@ -35,7 +35,7 @@ from trtq.zoo import load_model
 from trtq import TrtqError
 from trtq.export import export_onnx, lower, summarize
 from trtq.export import twins
-from trtq.export.cli import add_export_parser, cmd_export, cmd_inspect, parse_range
+from trtq.export.cli import add_export_parser, cmd_export, cmd_inspect_onnx, parse_range
 from trtq.export.inputs import DenoiserWrapper, signature_of
 from trtq.export.onnx import finalize, _record_plugin_calls
 from trtq.nn import QuantLinear
@@ -291,5 +291,5 @@ def test_cli_export_from_artifact_and_inspect(tmp_path, capsys):
     assert "trtq::FP4GroupGemm" in text and "initializer bytes" in text
     m = json.loads((out / "manifest.json").read_text())
     assert m["artifact"] == str(art) and m["model"]["name"] == "digits-dit"
-    cmd_inspect(argparse.Namespace(path=str(out / "model.onnx"), json=True))
+    cmd_inspect_onnx(argparse.Namespace(path=str(out / "model.onnx"), json=True))
     assert json.loads(capsys.readouterr().out)["plugins"]["trtq::FP4GroupGemm"] > 0
