@@ -10,7 +10,7 @@ Registers the layer kind "adaround" (`trtq.tfmq.layers`) and two methods that ru
 - include_condition (bool): count modules that see t and the conditioning (DiT adaLN) as TIB.
 - brecq (bool): block-reconstruct the non-TIB layers (false: they keep nearest rounding).
 - tiar_iters, iters (int): Adam iterations for the TIB / per block; lr (float); batch (int, samples per
-  block iteration); max_calls (int, recorded denoiser calls used; 0 = all).
+  block iteration); max_calls (int, recorded denoiser calls reconstruction uses, evenly spaced; 0 = all).
 - on_unknown ("error" | "nearest"): what a per-timestep quantizer does with an uncalibrated timestep.
 - progress (bool), seed (int).
 Order: record the float model's calls -> detect TIB -> TIAR -> BRECQ (weights; activations float) ->
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import resource
+import threading
 import time
 
 import torch
@@ -34,9 +35,10 @@ from trtq.tfmq.layers import ADAROUND_LAYERS, adaround_layers
 register_layer_kind("adaround", ADAROUND_LAYERS)
 
 DEFAULTS = {"tiar": True, "fsc": "all", "include_condition": True, "brecq": True, "tiar_iters": 300,
-            "iters": 200, "lr": 1e-3, "batch": 16, "max_calls": 0, "on_unknown": "error", "progress": True,
+            "iters": 200, "lr": 1e-3, "batch": 32, "max_calls": 0, "on_unknown": "error", "progress": True,
             "seed": 0}
 BRECQ_FIXED = {"tiar": False, "fsc": "none"}
+DETECT_SAMPLES = 4
 
 
 def parse_args(method_args: dict, method: str) -> dict:
@@ -60,16 +62,44 @@ def parse_args(method_args: dict, method: str) -> dict:
     return a
 
 
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+class PeakMemory:
+    """Peak memory while the block runs, above what was in use when it started (MiB): CUDA's allocator peak on
+    a GPU, else the process's resident set sampled every 20 ms (the process-wide ru_maxrss would carry the
+    peaks of whatever ran before in the same process)."""
+
+    def __enter__(self):
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        self.base = self.peak = _rss()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self):
+        while not self.done.wait(0.02):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self.done.set()
+            self.thread.join()
+            self.peak = max(self.peak, _rss())
+        self.mib = (self.peak - self.base) / 2**20
+        self.kind = "CUDA allocated" if self.cuda else "process RSS"
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def run_tfmq(model, recipe, calib_loop, method: str = "tfmq") -> dict:
-    from trtq.tfmq.reconstruct import brecq, calibrate_activations, record_calls, tiar
-    from trtq.tfmq.tib import detect_temporal_modules
-
     a = parse_args(recipe.method_args, method)
     if calib_loop is None:
         raise TrtqError(f"method {method} reconstructs on calibration data: pass calib_loop")
@@ -78,13 +108,30 @@ def run_tfmq(model, recipe, calib_loop, method: str = "tfmq") -> dict:
         raise TrtqError(f"method {method} needs layers of kind 'adaround' (set `layer: adaround` in the rules)")
     random.seed(a["seed"])
     torch.manual_seed(a["seed"])
+    with PeakMemory() as peak:
+        stats = _run(model, calib_loop, a, layers, method)
+    stats["peak_memory_mib"] = round(peak.mib, 1)
+    stats["peak_memory_kind"] = f"increase of {peak.kind} during the method"
+    model.trtq_tfmq_stats = stats  # for reports (not saved in artifacts)
+    return stats
+
+
+def _run(model, calib_loop, a: dict, layers: dict, method: str) -> dict:
+    from trtq.tfmq.reconstruct import rows_of, brecq, calibrate_activations, record_calls, tiar
+    from trtq.tfmq.tib import detect_temporal_modules
+
     start = time.perf_counter()
     times = {}
     calls = record_calls(model, calib_loop)
-    if a["max_calls"]:
-        calls = calls[: a["max_calls"]]
+    # Reconstruction may use an evenly spaced subset (every step still represented when max_calls >= steps);
+    # activation ranges always see every call, so every calibrated timestep has its table row.
+    stride = -(-len(calls) // a["max_calls"]) if a["max_calls"] else 1
+    recon_calls = calls[::stride]
     t0 = time.perf_counter()
-    temporal = detect_temporal_modules(model, calls[0].args, calls[0].kwargs, seed=a["seed"])
+    first = recon_calls[0]
+    few = torch.arange(min(first.batch, DETECT_SAMPLES))  # a few samples with distinct labels suffice
+    temporal = detect_temporal_modules(model, rows_of(first.args, few, first.batch),
+                                       rows_of(first.kwargs, few, first.batch), seed=a["seed"])
     times["detect"] = time.perf_counter() - t0
     tib_names = set(temporal.tib(a["include_condition"]))
     tib_layers = {n: m for n, m in layers.items() if n in tib_names}
@@ -98,31 +145,28 @@ def run_tfmq(model, recipe, calib_loop, method: str = "tfmq") -> dict:
     units = []
     t0 = time.perf_counter()
     if a["tiar"]:
-        units.append(tiar(model, calls, tib_layers, time_only, a["tiar_iters"], a["lr"], a["progress"]))
+        units.append(tiar(model, recon_calls, tib_layers, time_only, a["tiar_iters"], a["lr"], a["progress"]))
     times["tiar"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if a["brecq"]:
         rest = {n: m for n, m in layers.items() if not (a["tiar"] and n in tib_layers)}
-        units += brecq(model, calls, rest, a["iters"], a["lr"], a["batch"], a["progress"])
+        units += brecq(model, recon_calls, rest, a["iters"], a["lr"], a["batch"], a["progress"])
     times["brecq"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     calibrate_activations(model, calls, a["progress"])
     times["activations"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - start
-    stats = {
+    return {
         "method": method,
         "tib": sorted(tib_layers),
         "tib_time_only": time_only,
         "calls": len(calls),
+        "reconstruction_calls": len(recon_calls),
         "samples": sum(c.batch for c in calls),
         "timesteps": len({float(t) for c in calls for t in c.timestep.tolist()}),
         "units": [{"name": u[0], "layers": u[1], "iters": u[2], "loss": u[3]} for u in units],
         "seconds": {k: round(v, 2) for k, v in times.items()},
-        "peak_memory_mb": round(_peak_memory_mb(), 1),
-        "peak_memory_kind": "cuda max allocated" if torch.cuda.is_available() else "process peak RSS",
     }
-    model.trtq_tfmq_stats = stats  # for reports (not saved in artifacts)
-    return stats
 
 
 @register_method("tfmq")

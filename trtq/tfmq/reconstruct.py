@@ -11,7 +11,7 @@ unit's quantized output matches the float one, loss Σ ||ŷ - y||² (summed over
   on t alone).
 - BRECQ: the other units are diffusers' residual / transformer / resampling blocks (by class, the same for
   every model), and every remaining quantized layer on its own; inputs come from the partly quantized model
-  (units before it already rounded), targets from the float model, as in BRECQ.
+  (units before it already rounded), targets from the float unit on the same inputs (see `brecq`).
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ def _detach(value):
     return value
 
 
-def _rows(value, idx: torch.Tensor, batch: int):
+def rows_of(value, idx: torch.Tensor, batch: int):
     """Select samples idx of every tensor whose first dim is the batch."""
     if isinstance(value, torch.Tensor):
         return value[idx] if value.ndim and value.shape[0] == batch else value
     if isinstance(value, dict):
-        return {k: _rows(v, idx, batch) for k, v in value.items()}
+        return {k: rows_of(v, idx, batch) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_rows(v, idx, batch) for v in value)
+        return type(value)(rows_of(v, idx, batch) for v in value)
     return value
 
 
@@ -230,8 +230,8 @@ def tiar(denoiser: nn.Module, calls: list[Call], tib_layers: dict[str, nn.Module
     data = list(per_step.values())
     if time_only:
         first = torch.zeros(1, dtype=torch.long)
-        data = [Call(_cat([_rows(c.args, first, c.batch) for c in data]),
-                     _cat([_rows(c.kwargs, first, c.batch) for c in data]),
+        data = [Call(_cat([rows_of(c.args, first, c.batch) for c in data]),
+                     _cat([rows_of(c.kwargs, first, c.batch) for c in data]),
                      torch.cat([c.timestep[:1] for c in data]))]
     expected = count_calls(denoiser, data[0], tib_layers)
     targets = []
@@ -253,8 +253,8 @@ def tiar(denoiser: nn.Module, calls: list[Call], tib_layers: dict[str, nn.Module
     return ("tib", len(layers), iters, final)
 
 
-def reconstruction_units(denoiser: nn.Module, layers: dict[str, nn.Module], call: Call) -> list[tuple[str, dict]]:
-    """[(unit name, {layer name: layer})] in execution order: BLOCK_CLASSES modules, then lone layers."""
+def reconstruction_units(denoiser: nn.Module, layers: dict[str, nn.Module]) -> dict[str, dict]:
+    """{unit name: {layer name: layer}}: outermost BLOCK_CLASSES modules holding layers, then lone layers."""
     units: dict[str, dict] = {}
     for name, mod in denoiser.named_modules():
         if type(mod).__name__ in BLOCK_CLASSES and not any(name.startswith(u + ".") for u in units):
@@ -262,59 +262,68 @@ def reconstruction_units(denoiser: nn.Module, layers: dict[str, nn.Module], call
             if inside:
                 units[name] = inside
     covered = {n for u in units.values() for n in u}
-    for n, m in layers.items():
-        if n not in covered:
-            units[n] = {n: m}
-    order: list[str] = []
-    mods = dict(denoiser.named_modules())
-    handles = [mods[u].register_forward_hook(lambda *a, u=u: order.append(u) if u not in order else None)
-               for u in units]
-    try:
-        with torch.no_grad(), float_mode(denoiser):
-            denoiser(*call.args, **call.kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    return [(u, units[u]) for u in order]
+    units.update({n: {n: m} for n, m in layers.items() if n not in covered})
+    return units
+
+
+def batch_of(calls: list[Call]) -> Call:
+    """All calls as one batch (each sample keeps its own timestep)."""
+    return Call(_cat([c.args for c in calls]), _cat([c.kwargs for c in calls]), torch.cat([c.timestep for c in calls]))
 
 
 def brecq(denoiser: nn.Module, calls: list[Call], layers: dict[str, nn.Module], iters: int, lr: float,
           batch: int, progress: bool) -> list[tuple[str, int, int, float]]:
-    """Block reconstruction of every unit holding layers in `layers`, in execution order."""
-    stats = []
-    units = reconstruction_units(denoiser, layers, calls[0])
+    """Block reconstruction of every unit holding layers in `layers`, in execution order, in one pass.
+
+    The recorded calls run as one batch through the model (activations float, weights quantized); when the
+    pass reaches a unit, a pre-hook reconstructs it right there on the inputs it was given (so the inputs
+    come from the partly quantized model: every earlier unit already has its learned rounding), with the
+    float unit on those same inputs as the target (BRECQ's default, asym=False); the pass then continues
+    through the reconstructed unit to the next one.
+    """
+    stats: list = []
+    units = reconstruction_units(denoiser, layers)
     mods = dict(denoiser.named_modules())
-    bar = tqdm(units, desc="BRECQ blocks", disable=not progress, leave=False)
-    for unit_name, unit_layers in bar:
-        todo = _weight_layers(unit_layers)
-        if not todo or iters == 0:
-            continue
-        unit = mods[unit_name]
-        watched = {unit_name: unit}
-        expected = count_calls(denoiser, calls[0], watched)
-        inputs, targets = [], []
-        with torch.no_grad():
-            with float_mode(denoiser):  # targets: the float model end to end
-                for c in calls:
-                    _run_until(denoiser, c, watched, expected,
-                               lambda n, a, k, o: targets.append(_output(o).detach()))
-            with float_mode(denoiser, inputs_only=True):  # inputs: the partly quantized model
-                for c in calls:
-                    _run_until(denoiser, c, watched, expected,
-                               lambda n, a, k, o: inputs.append((_detach(a), _detach(k))))
+    data = batch_of(calls)
+    n = data.batch
+    done: set[str] = set()
+    bar = tqdm(total=len(units), desc="BRECQ blocks", disable=not progress, leave=False)
 
-        def loss_fn():
-            k = random.randrange(len(inputs))
-            args, kwargs = inputs[k]
-            b = targets[k].shape[0]
-            idx = torch.randperm(b)[:batch]
-            with float_mode(denoiser, inputs_only=True):
-                out = _output(unit(*_rows(args, idx, b), **_rows(kwargs, idx, b)))
-            return (out - targets[k][idx]).pow(2).flatten(1).sum(1).mean()
+    def hook_for(unit_name: str):
+        unit, unit_layers = mods[unit_name], units[unit_name]
 
-        final = _optimize(todo, loss_fn, iters, lr, unit_name, progress)
-        stats.append((unit_name, len(todo), iters, final))
-        bar.set_postfix(loss=f"{final:.3g}")
+        def hook(mod, args, kwargs):
+            if unit_name in done:  # reconstructed already (also: the calls below re-enter this hook)
+                return
+            done.add(unit_name)
+            todo = _weight_layers(unit_layers)
+            if todo and iters:
+                with float_mode(unit):
+                    target = _output(unit(*args, **kwargs)).detach()
+
+                def loss_fn():
+                    idx = torch.randperm(n)[:batch]
+                    out = _output(unit(*rows_of(args, idx, n), **rows_of(kwargs, idx, n)))
+                    return (out - target[idx]).pow(2).flatten(1).sum(1).mean()
+
+                with torch.enable_grad():
+                    final = _optimize(todo, loss_fn, iters, lr, unit_name, progress)
+                stats.append((unit_name, len(todo), iters, final))
+                bar.set_postfix(loss=f"{final:.3g}")
+            bar.update(1)
+        return hook
+
+    handles = [mods[u].register_forward_pre_hook(hook_for(u), with_kwargs=True) for u in units]
+    try:
+        with torch.no_grad(), float_mode(denoiser, inputs_only=True):
+            denoiser(*data.args, **data.kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()
+    missed = sorted(set(units) - done)
+    if missed:
+        raise TrtqError(f"the calibration pass never reached {missed[:3]}")
     return stats
 
 
