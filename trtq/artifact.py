@@ -24,6 +24,7 @@ from torch import nn
 
 from trtq.errors import TrtqError
 from trtq.nn import TensorQuantizer, is_quantized, quantizers
+from trtq.nn.timestep import route_timesteps
 from trtq.recipes import Recipe
 from trtq.scheme import QuantScheme
 
@@ -155,6 +156,7 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
     originals = prepare(model, recipe)
     try:
         _load_scales(model, manifest["layers"], tensors, path)
+        route_timesteps(model)  # per-timestep scale tables read each call's timestep (no-op without tables)
     except BaseException:
         restore(model, originals)
         raise

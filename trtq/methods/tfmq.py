@@ -29,7 +29,7 @@ import torch
 from trtq.errors import TrtqError
 from trtq.methods import register_method
 from trtq.nn.modules import register_layer_kind
-from trtq.nn.timestep import route_timesteps, use_timestep_table
+from trtq.nn.timestep import route_timesteps, unroute_timesteps, use_timestep_table
 from trtq.tfmq.layers import ADAROUND_LAYERS, adaround_layers
 
 register_layer_kind("adaround", ADAROUND_LAYERS)
@@ -108,8 +108,12 @@ def run_tfmq(model, recipe, calib_loop, method: str = "tfmq") -> dict:
         raise TrtqError(f"method {method} needs layers of kind 'adaround' (set `layer: adaround` in the rules)")
     random.seed(a["seed"])
     torch.manual_seed(a["seed"])
-    with PeakMemory() as peak:
-        stats = _run(model, calib_loop, a, layers, method)
+    try:
+        with PeakMemory() as peak:
+            stats = _run(model, calib_loop, a, layers, method)
+    except BaseException:
+        unroute_timesteps(model)  # trtq.quantize puts the float layers back; the hook goes too
+        raise
     stats["peak_memory_mib"] = round(peak.mib, 1)
     stats["peak_memory_kind"] = f"increase of {peak.kind} during the method"
     model.trtq_tfmq_stats = stats  # for reports (not saved in artifacts)

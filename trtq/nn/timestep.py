@@ -158,6 +158,7 @@ class TimestepRouter:
 
     def __init__(self, denoiser: nn.Module):
         self.timestep: torch.Tensor | None = None
+        self.handles: tuple = ()
         params = list(inspect.signature(denoiser.forward).parameters)
         if "timestep" not in params:
             raise TrtqError(f"{type(denoiser).__name__}.forward has no 'timestep' argument to route")
@@ -203,12 +204,20 @@ def route_timesteps(denoiser: nn.Module) -> TimestepRouter | None:
     router = getattr(denoiser, "trtq_timestep_router", None)
     if router is None:
         router = TimestepRouter(denoiser)
-        denoiser.register_forward_pre_hook(router.before, with_kwargs=True)
-        denoiser.register_forward_hook(router.after, with_kwargs=True)
+        router.handles = (denoiser.register_forward_pre_hook(router.before, with_kwargs=True),
+                          denoiser.register_forward_hook(router.after, with_kwargs=True))
         denoiser.trtq_timestep_router = router
     for q in tables:
         q.router = router
     return router
+
+
+def unroute_timesteps(denoiser: nn.Module) -> None:
+    """Remove the router (a failed quantization leaves the float model as it was)."""
+    router = denoiser.__dict__.pop("trtq_timestep_router", None)
+    if router is not None:
+        for h in router.handles:
+            h.remove()
 
 
 def use_timestep_table(layer: nn.Module, on_unknown: str = "error") -> TimestepTensorQuantizer:

@@ -69,8 +69,10 @@ class _AdaRoundMixin:
             return self.weight_grid(rectified_sigmoid(self.soft_rounding))
         if self.round_up is None:
             return super().quantized_weight()
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # a traced graph computes it (no cache)
+            return self.weight_grid(self.round_up.to(self.weight.dtype))
         key = (self.weight._version, self.round_up.data_ptr(), self.round_up._version, wq.scale.data_ptr())
-        if torch.is_grad_enabled() or self._qweight_cache is None or self._qweight_cache[0] != key:
+        if self._qweight_cache is None or self._qweight_cache[0] != key:
             self._qweight_cache = (key, self.weight_grid(self.round_up.to(self.weight.dtype)))
         return self._qweight_cache[1]
 
