@@ -35,7 +35,7 @@ from trtq.tfmq.layers import ADAROUND_LAYERS, adaround_layers
 register_layer_kind("adaround", ADAROUND_LAYERS)
 
 DEFAULTS = {"tiar": True, "fsc": "all", "include_condition": True, "brecq": True, "tiar_iters": 300,
-            "iters": 200, "lr": 1e-3, "batch": 32, "max_calls": 0, "on_unknown": "error", "progress": True,
+            "iters": 200, "lr": 1e-2, "batch": 32, "max_calls": 0, "on_unknown": "error", "progress": True,
             "seed": 0}
 BRECQ_FIXED = {"tiar": False, "fsc": "none"}
 DETECT_SAMPLES = 4
