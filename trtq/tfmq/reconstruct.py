@@ -17,7 +17,7 @@ unit's quantized output matches the float one, loss Σ ||ŷ - y||² (summed over
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from trtq.errors import TrtqError
 from trtq.nn import quantizers
+from trtq.quantizer import expand_scale
 from trtq.tfmq.adaround import LAMBDA, BetaSchedule, hard_rounding, init_logits, rounding_regularizer
 from trtq.tfmq.tib import split_call
 
@@ -170,18 +171,12 @@ def count_calls(denoiser: nn.Module, call: Call, watched: dict[str, nn.Module]) 
 
 
 # ------------------------------------------------------------------------------------ learning
-@dataclass
-class ReconStats:
-    units: list = field(default_factory=list)  # (name, layers, iterations, final reconstruction loss)
-
-
 def _start_soft(layers: dict[str, nn.Module]) -> list[torch.Tensor]:
     logits = []
     for layer in layers.values():
         wq = layer.weight_quantizer
-        s = wq.scale if wq.scheme.granularity == "tensor" else wq.scale.reshape(
-            [-1] + [1] * (layer.weight.ndim - 1))
-        v = init_logits(layer.weight.detach() / s).requires_grad_(True)
+        s = expand_scale(wq.scale, layer.weight, wq.scheme)
+        v = init_logits(layer.weight.detach() / s).requires_grad_(True)  # soft rounding starts at w
         layer.soft_rounding = v
         logits.append(v)
     return logits
