@@ -63,7 +63,8 @@ def recipe_for(name: str, iters: int | None, tiar_iters: int | None) -> Recipe:
     return Recipe.from_dict(d)
 
 
-def run_part(model_name: str, bits: str, samples: int, steps: int, calib_samples: int, iters, tiar_iters) -> dict:
+def run_part(model_name: str, bits: str, samples: int, steps: int, calib_samples: int, iters, tiar_iters,
+             only: set[str] | None = None, save=None) -> dict:
     from trtq.zoo import load_classifier, load_digits_images, load_model
 
     model = load_model(model_name)
@@ -73,8 +74,12 @@ def run_part(model_name: str, bits: str, samples: int, steps: int, calib_samples
     rows = [{"bits": bits, "label": "FP32", "recipe": "fp32", "fid": fp["fid"], "accuracy": fp["accuracy"],
              "psnr_db": None, "seconds": {"sample": fp["seconds"]["sample"]}}]
     print(f"[{model_name} {bits}] FP32 FID {fp['fid']:.2f} acc {fp['accuracy']:.3f}", flush=True)
+    part = {"model": model_name, "bits": bits, "samples": samples, "steps": steps, "calib_samples": calib_samples,
+            "iters": iters, "tiar_iters": tiar_iters, "date": _dt.date.today().isoformat(),
+            "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+            "torch": torch.__version__, "rows": rows}
     for row_bits, label, name in ROWS:
-        if row_bits != bits:
+        if row_bits != bits or (only and name not in only):
             continue
         recipe = recipe_for(name, iters, tiar_iters)
         denoiser = copy.deepcopy(model.denoiser).eval()
@@ -95,10 +100,24 @@ def run_part(model_name: str, bits: str, samples: int, steps: int, calib_samples
                      if stats else None})
         print(f"[{model_name} {bits}] {label}: FID {m['fid']:.2f} PSNR {m['psnr_db']} acc {m['accuracy']:.3f} "
               f"quantize {quant_s:.0f}s", flush=True)
-    return {"model": model_name, "bits": bits, "samples": samples, "steps": steps, "calib_samples": calib_samples,
-            "iters": iters, "tiar_iters": tiar_iters, "date": _dt.date.today().isoformat(),
-            "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
-            "torch": torch.__version__, "rows": rows}
+        if save is not None:
+            save(part)  # after every row: a long slice that is stopped keeps what it measured
+    return part
+
+
+def merge(parts: list[dict]) -> list[dict]:
+    """Slices of the same model and bits as one (their FP rows are the same: same seeds, same model)."""
+    merged: dict[tuple, dict] = {}
+    for p in parts:
+        key = (p["model"], p["bits"])
+        if key not in merged:
+            merged[key] = {**p, "rows": list(p["rows"])}
+        else:
+            merged[key]["rows"] += [r for r in p["rows"] if r["recipe"] != "fp32"]
+    order = {name: i for i, (_, _, name) in enumerate(ROWS)}
+    for p in merged.values():
+        p["rows"].sort(key=lambda r: -1 if r["recipe"] == "fp32" else order[r["recipe"]])
+    return list(merged.values())
 
 
 def _cell(v, spec):
@@ -153,19 +172,23 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--part", default=None, help="MODEL:BITS, e.g. digits-unet:w4a8 (with --json)")
     p.add_argument("--json", default=None, help="where --part writes its slice")
+    p.add_argument("--rows", default=None, help="with --part: only these recipes (comma-separated)")
     p.add_argument("--assemble", nargs="+", default=None, help="slices (JSON) to assemble into --out")
     p.add_argument("--out", default="docs/tfmq.md")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = lambda m, b: run_part(m, b, args.samples, args.steps, args.calib_samples, args.iters,  # noqa: E731
-                                args.tiar_iters)
+    def run(model, bits, only=None, save=None):
+        return run_part(model, bits, args.samples, args.steps, args.calib_samples, args.iters, args.tiar_iters,
+                        only, save)
+
     if args.part:
         model, bits = args.part.split(":")
-        Path(args.json).write_text(json.dumps(run(model, bits), indent=2) + "\n")
+        save = lambda part: Path(args.json).write_text(json.dumps(part, indent=2) + "\n")  # noqa: E731
+        save(run(model, bits, set(args.rows.split(",")) if args.rows else None, save))
         return
     if args.assemble:
-        parts = [json.loads(Path(f).read_text()) for f in args.assemble]
+        parts = merge([json.loads(Path(f).read_text()) for f in args.assemble])
     else:
         parts = [run(m, b) for m in MODELS for b in ("w4a8", "w8a8")]
     p0 = parts[0]
