@@ -9,8 +9,9 @@ Registers the layer kind "adaround" (`trtq.tfmq.layers`) and two methods that ru
 - fsc ("none" | "tib" | "all"): per-timestep activation ranges for no layer, the TIB layers, every layer.
 - include_condition (bool): count modules that see t and the conditioning (DiT adaLN) as TIB.
 - brecq (bool): block-reconstruct the non-TIB layers (false: they keep nearest rounding).
-- tiar_iters, iters (int): Adam iterations for the TIB / per block; lr (float); batch (int, samples per
-  block iteration); max_calls (int, recorded denoiser calls reconstruction uses, evenly spaced; 0 = all).
+- tiar_iters, iters (int): Adam iterations for the TIB / per block; lr (float, default 1e-2: ten times
+  BRECQ's, since these runs are a few hundred iterations, not 20k); batch (int, samples per block
+  iteration); max_calls (int, recorded denoiser calls reconstruction uses, evenly spaced; 0 = all).
 - on_unknown ("error" | "nearest"): what a per-timestep quantizer does with an uncalibrated timestep.
 - progress (bool), seed (int).
 Order: record the float model's calls -> detect TIB -> TIAR -> BRECQ (weights; activations float) ->
