@@ -36,6 +36,7 @@ from trtq.io.tensors import TensorSpec, read_safetensors
 from trtq.io.validate import Any as AnyValue
 from trtq.io.validate import Int, Map, Obj, Str, check, located
 from trtq.nn import TensorQuantizer, is_quantized, quantizers
+from trtq.nn.timestep import route_timesteps
 from trtq.recipes import Recipe
 from trtq.scheme import QuantScheme
 
@@ -204,6 +205,7 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
             if not q.calibrated:  # unreachable after expected_layout; kept as the invariant it guards
                 raise TrtqError(f"artifact {path} lacks {name}.scale")
             q.mode = "quantize"
+        route_timesteps(model)  # per-timestep scale tables read each call's timestep (no-op without tables)
     except BaseException:
         restore(model, originals)
         raise
@@ -358,6 +360,22 @@ def _input_scale_rule(layer: nn.Module, q: TensorQuantizer) -> Callable[[tuple[i
     return rule
 
 
+def _timestep_table_spec(q: nn.Module, bname: str) -> TensorSpec | None:
+    """`timesteps` [T] ascending and finite; `scale` (and `zero_point` when asymmetric) one row per timestep."""
+
+    def timesteps(t: torch.Tensor) -> str | None:
+        ok = torch.isfinite(t).all() and (t.numel() < 2 or bool((t[1:] > t[:-1]).all()))
+        return None if ok else "finite timesteps in ascending order"
+
+    rows = lambda shape: None if len(shape) >= 1 and shape[0] >= 1 else "[T, ...] (one row per timestep)"  # noqa: E731
+    if bname == "timesteps":
+        return TensorSpec(torch.float32, shape_rule=lambda shape: None if len(shape) == 1 else "[T]", values=timesteps)
+    if bname == "zero_point" and q.scheme.symmetric:
+        return None
+    values = _positive(*ACT_SCALE_RANGE) if bname == "scale" else _zero_point(q.scheme.fmt.bits)
+    return TensorSpec(torch.float32, shape_rule=rows, values=values)
+
+
 def expected_layout(quantized: dict[str, nn.Module]) -> dict[str, TensorSpec]:
     """What an artifact must hold for these quantized layers (as `prepare` built them, configs applied):
     one TensorSpec per tensor key. Buffers `prepare` already filled from the weights give the exact shape and
@@ -376,6 +394,10 @@ def expected_layout(quantized: dict[str, nn.Module]) -> dict[str, TensorSpec]:
 
 
 def _buffer_spec(layer: nn.Module, mod: nn.Module, bname: str, ref: torch.Tensor | None) -> TensorSpec | None:
+    from trtq.nn.timestep import TimestepTensorQuantizer
+
+    if isinstance(mod, TimestepTensorQuantizer):  # tables keyed by the calibrated timesteps (TFMQ's FSC)
+        return _timestep_table_spec(mod, bname)
     if isinstance(mod, TensorQuantizer):
         s = mod.scheme
         if s.dynamic:

@@ -1,0 +1,232 @@
+"""Timestep-indexed activation scales: one table of scales per quantizer, one row per calibrated timestep.
+
+A diffusion denoiser is called with a timestep from a finite set (the scheduler's steps), and its activation
+ranges move with that timestep. `TimestepTensorQuantizer` keeps one scale (and zero point) per calibrated
+timestep in a buffer `scale` of shape [T] beside a buffer `timesteps` [T] of the timestep values, and looks
+the row up from the timestep of the current call. This file is the one home of timestep-indexed scales (FSC
+in TFMQ-DM; TALSQ in EfficientDM).
+
+How the timestep reaches the quantizer: `route_timesteps(denoiser)` installs one `TimestepRouter`, a forward
+pre-hook on the denoiser that reads its `timestep` argument on every call and binds it (a tensor [B]) to
+the table quantizers for the duration of that call only; a forward hook unbinds it when the call returns.
+This is not hidden state: nothing is counted or carried from one call to the next, the value is the call's
+own input, and a table quantizer reached outside a denoiser call (nothing bound) raises instead of guessing.
+Under `torch.compile`/`torch.export` the hooks are traced with the forward, so the lookup
+`scale[index(t)]` is an ordinary graph op on the step input (a `Gather` in ONNX): one graph for every step.
+
+A timestep that was not calibrated is an error (`TrtqError`), or, with `on_unknown="nearest"`, the nearest
+calibrated step's scales with a warning (the warning is raised in eager mode only; a compiled graph takes
+the nearest row silently, while the strict check stays in the graph as a runtime assert).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import torch
+from torch import nn
+
+from trtq.errors import TrtqError
+from trtq.nn.tensor_quantizer import TensorQuantizer
+from trtq.observers import make_observer
+from trtq.quantizer import fake_quantize, qparams_from_range, to_rows
+from trtq.scheme import QuantScheme
+
+ON_UNKNOWN = ("error", "nearest")
+OBSERVED_PER_CALL = 1 << 14  # values a sampling observer keeps per call and step (bounded memory for T steps)
+
+
+class TimestepTensorQuantizer(TensorQuantizer):
+    """Per-tensor static activation quantizer with one scale per calibrated timestep.
+
+    A `TensorQuantizer` (same modes, found by `trtq.nn.quantizers`, saved by artifacts) whose `scale` and
+    `zero_point` are tables [T] over the calibrated `timesteps` [T]. In "calibrate" mode each timestep of
+    the bound batch feeds an observer of its own; `finish_calibration` turns them into the tables.
+    """
+
+    def __init__(self, scheme: QuantScheme, on_unknown: str = "error"):
+        if scheme.dynamic or scheme.granularity != "tensor":
+            raise TrtqError(f"timestep tables hold static per-tensor scales, not {scheme.describe()}")
+        if on_unknown not in ON_UNKNOWN:
+            raise TrtqError(f"on_unknown must be one of {ON_UNKNOWN}, got {on_unknown!r}")
+        self.observers: dict[float, object] = {}
+        super().__init__(scheme, "input")
+        self.on_unknown = on_unknown
+        self.router: TimestepRouter | None = None
+        self.register_buffer("timesteps", None)  # [T] float32, ascending
+        self.gen = torch.Generator().manual_seed(0)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def calibrated(self) -> bool:
+        return (self.timesteps is not None and self.scale is not None
+                and (self.scheme.symmetric or self.zero_point is not None))
+
+    @property
+    def observer(self):  # `trtq.quantize.calibrate` reads `observer.seen` of every quantizer
+        return _Seen(bool(self.observers)) if self.observers else None
+
+    @observer.setter
+    def observer(self, value) -> None:
+        if value is None:
+            self.observers = {}
+
+    def set_mode(self, mode: str) -> None:
+        if mode == "quantize" and not self.calibrated:
+            raise TrtqError("this timestep quantizer has no scale table yet: calibrate it first")
+        super().set_mode(mode)
+
+    def finish_calibration(self) -> None:
+        if not self.observers:
+            raise TrtqError("calibration never reached this timestep quantizer")
+        steps = sorted(self.observers)
+        lo, hi = zip(*(self.observers[t].range() for t in steps))
+        scale, zp = qparams_from_range(torch.cat(lo), torch.cat(hi), self.scheme)
+        self.timesteps = torch.tensor(steps, dtype=torch.float32)
+        self.scale, self.zero_point = scale, zp
+        self.observers = {}
+        self.mode = "quantize"
+
+    # ------------------------------------------------------------------ lookup
+    def bound_timestep(self, x: torch.Tensor) -> torch.Tensor:
+        t = None if self.router is None else self.router.timestep
+        if t is None:
+            raise TrtqError("a timestep quantizer was called outside a denoiser call: no timestep is bound "
+                            "(install trtq.nn.timestep.route_timesteps on the denoiser)")
+        t = t.reshape(-1).to(x.device, torch.float32)
+        if t.numel() == 1:
+            t = t.expand(x.shape[0])
+        if t.shape[0] != x.shape[0]:
+            raise TrtqError(f"timestep batch {t.shape[0]} does not match the activation batch {x.shape[0]}")
+        return t
+
+    def index(self, t: torch.Tensor) -> torch.Tensor:
+        """Row of the table for each timestep in t [B] (graph ops only, plus an eager-mode check)."""
+        dist = (t.reshape(-1, 1) - self.timesteps.reshape(1, -1)).abs()
+        idx = dist.argmin(1)
+        exact = dist.amin(1) == 0
+        if torch.compiler.is_compiling():
+            if self.on_unknown == "error":
+                torch._assert_async(exact.all(), "timestep not among the calibrated timesteps")
+            return idx
+        if not bool(exact.all()):
+            missing = sorted({float(v) for v in t[~exact].tolist()})
+            known = ", ".join(f"{v:g}" for v in self.timesteps.tolist())
+            if self.on_unknown == "error":
+                raise TrtqError(f"timestep(s) {', '.join(f'{v:g}' for v in missing)} were not calibrated "
+                                f"(calibrated: {known}); calibrate with this scheduler and step count, "
+                                "or allow on_unknown='nearest'")
+            warnings.warn(f"timestep(s) {missing} were not calibrated; using the nearest calibrated step's "
+                          "activation scales", stacklevel=3)
+        return idx
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "off":
+            return x
+        t = self.bound_timestep(x)
+        if self.mode == "calibrate":
+            self._observe(x, t)
+            return x
+        idx = self.index(t)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        scale = self.scale.index_select(0, idx).reshape(shape)
+        zp = None if self.zero_point is None else self.zero_point.index_select(0, idx).reshape(shape)
+        return fake_quantize(x, scale, zp, self.scheme)
+
+    def _observe(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        for value in torch.unique(t).tolist():
+            rows = to_rows(x[t == value].detach(), self.scheme, True)
+            if self.scheme.observer != "minmax" and rows.shape[1] > OBSERVED_PER_CALL:
+                rows = rows[:, torch.randint(rows.shape[1], (OBSERVED_PER_CALL,), generator=self.gen)]
+            if value not in self.observers:
+                self.observers[value] = make_observer(self.scheme)
+            self.observers[value].observe(rows)
+
+    def extra_repr(self) -> str:
+        steps = "uncalibrated" if self.timesteps is None else f"{self.timesteps.numel()} timesteps"
+        return f"input: {self.scheme.describe()} per timestep ({steps}), mode={self.mode}, on_unknown={self.on_unknown}"
+
+
+class _Seen:
+    def __init__(self, seen: bool):
+        self.seen = seen
+
+
+class TimestepRouter:
+    """Hands the denoiser's `timestep` argument to its table quantizers for the duration of one call."""
+
+    def __init__(self, denoiser: nn.Module):
+        self.timestep: torch.Tensor | None = None
+        self.handles: tuple = ()
+        params = list(inspect.signature(denoiser.forward).parameters)
+        if "timestep" not in params:
+            raise TrtqError(f"{type(denoiser).__name__}.forward has no 'timestep' argument to route")
+        self.position = params.index("timestep")
+
+    def before(self, module, args, kwargs):
+        t = kwargs.get("timestep") if "timestep" in kwargs else (
+            args[self.position] if len(args) > self.position else None)
+        if t is None:
+            raise TrtqError("the denoiser was called without a timestep; per-timestep scales need it")
+        self.timestep = torch.as_tensor(t)
+
+    def after(self, module, args, kwargs, output):
+        self.timestep = None
+
+    def bind(self, timestep: torch.Tensor):
+        """Context manager: bind a timestep for calls into parts of the denoiser (block reconstruction)."""
+        router = self
+
+        class _Bound:
+            def __enter__(self):
+                router.timestep = torch.as_tensor(timestep)
+
+            def __exit__(self, *exc):
+                router.timestep = None
+
+        return _Bound()
+
+
+def table_quantizers(model: nn.Module):
+    """(name, TimestepTensorQuantizer) for every per-timestep quantizer in a model."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, TimestepTensorQuantizer):
+            yield name, mod
+
+
+def route_timesteps(denoiser: nn.Module) -> TimestepRouter | None:
+    """Install (once) the router that hands each call's timestep to the model's table quantizers.
+    No-op (None) for a model without any; returns the installed router otherwise."""
+    tables = [q for _, q in table_quantizers(denoiser)]
+    if not tables:
+        return None
+    router = getattr(denoiser, "trtq_timestep_router", None)
+    if router is None:
+        router = TimestepRouter(denoiser)
+        router.handles = (denoiser.register_forward_pre_hook(router.before, with_kwargs=True),
+                          denoiser.register_forward_hook(router.after, with_kwargs=True))
+        denoiser.trtq_timestep_router = router
+    for q in tables:
+        q.router = router
+    return router
+
+
+def unroute_timesteps(denoiser: nn.Module) -> None:
+    """Remove the router (a failed quantization leaves the float model as it was)."""
+    router = denoiser.__dict__.pop("trtq_timestep_router", None)
+    if router is not None:
+        for h in router.handles:
+            h.remove()
+
+
+def use_timestep_table(layer: nn.Module, on_unknown: str = "error") -> TimestepTensorQuantizer:
+    """Replace a quantized layer's static per-tensor input quantizer by a (not yet calibrated) table."""
+    q = layer.input_quantizer
+    if q is None:
+        raise TrtqError("this layer has no input quantizer to index by timestep")
+    if isinstance(q, TimestepTensorQuantizer):
+        return q
+    table = TimestepTensorQuantizer(q.scheme, on_unknown=on_unknown)
+    layer.input_quantizer = table
+    return table
