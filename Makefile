@@ -7,11 +7,12 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= out
 
-.PHONY: install demo test train-zoo table-winograd table-hqdit table-w8a8 gpu-check bench fuzz clean help
+.PHONY: install demo test test-all train-zoo table-winograd table-hqdit table-w8a8 gpu-check bench fuzz clean help
 
 help:
 	@echo "make demo       quantize the zoo models, sample FP vs quantized, write $(OUT)/demo/report.md + grid.png"
 	@echo "make test       run the test suite (GPU/TensorRT tests skip with a reason on machines without them)"
+	@echo "make test-all   the test suite plus the slow tier (the full export matrix: every recipe family x model)"
 	@echo "make train-zoo  retrain the embedded digits models (seeded; uses CUDA when present)"
 	@echo "make table-winograd  docs/winograd.md: Winograd W8A8 ablations on digits-unet"
 	@echo "make table-hqdit     docs/hqdit.md: FP4 W4A4 / HQ-DiT ablations on digits-dit and digits-unet"
@@ -33,7 +34,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/trtq demo --out $(OUT)/demo
 
+# CI's tier: everything but the `slow` matrix (each export family once, each model once). test-all adds it.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 train-zoo: $(STAMP)

@@ -27,6 +27,7 @@ from torch import nn
 
 from trtq.eval.evaluate import Evaluator, QuantSpec, SamplingConfig, calibration_loop, device_name, quantized_denoiser
 from trtq.eval.metrics import format_interval, summarize
+from trtq.eval.tables import write_generated_block
 from trtq.formats import get_format
 from trtq.nn.fp4_linear import FP4Linear
 from trtq.nn.modules import is_quantized
@@ -193,15 +194,7 @@ def markdown_table(result: dict) -> str:
 
 
 def write_doc(path: Path, table: str, command: str) -> None:
-    block = f"{BEGIN}\nCommand: `{command}`\n\n{table}\n{END}"
-    if path.is_file() and BEGIN in path.read_text():
-        text = path.read_text()
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = f"# HQ-DiT: FP4 W4A4 on the zoo models\n\n{block}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_generated_block(path, table, command, BEGIN, END, "HQ-DiT: FP4 W4A4 on the zoo models")
 
 
 def main(argv=None) -> None:

@@ -25,6 +25,7 @@ import torch
 
 from trtq.eval.evaluate import Evaluator, SamplingConfig, calibration_loop
 from trtq.eval.metrics import summarize
+from trtq.eval.tables import write_generated_block
 from trtq.quantize import quantize
 from trtq.recipes import Recipe, get_recipe
 
@@ -151,15 +152,7 @@ def markdown_table(parts: list[dict]) -> str:
 
 
 def write_doc(path: Path, table: str, command: str) -> None:
-    block = f"{BEGIN}\nCommand: `{command}`\n\n{table}\n{END}"
-    if path.is_file() and BEGIN in path.read_text():
-        text = path.read_text()
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = f"# TFMQ-DM on the zoo models\n\n{block}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_generated_block(path, table, command, BEGIN, END, "TFMQ-DM on the zoo models")
 
 
 def main(argv=None) -> None:
