@@ -117,8 +117,9 @@ def winograd_conv_int8(x: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Ten
         sa = act_scale.float().reshape(n * n, groups, 1, 1)
     else:
         absmax = v.abs()
-        if act_granularity == "tensor":
-            amax = absmax.amax().reshape(1, 1, 1, 1)
+        if act_granularity == "tensor":  # one scale per image (batch-invariant), P ordered (image, tile)
+            per_image = absmax.reshape(n * n, groups, group_size, batch, tiles).amax(dim=(0, 1, 2, 4))
+            amax = per_image.repeat_interleave(tiles).reshape(1, 1, 1, batch * tiles)
         elif act_granularity == "group":
             amax = absmax.amax(dim=2, keepdim=True).amax(dim=0, keepdim=True)
         else:  # position-group
@@ -172,11 +173,12 @@ def fp4_group_gemm(x: torch.Tensor, weight_packed: torch.Tensor, weight_scale: t
         if act_scale is None:
             amax = grouped.abs().amax(-1, keepdim=True) * act_clip
             a_scale = symmetric_scale(amax, get_format(act_format).max_value)
-            if scale_format != "float32":  # FP8 scales per (row, group) × one FP32 scale for this call
-                top = a_scale.amax()
-                tensor_scale = symmetric_scale(top, get_format(scale_format).max_value)
+            if scale_format != "float32":  # FP8 scales per (row, group) × one FP32 scale per row
+                # all-zero groups do not count toward the row's FP32 scale (1 for an all-zero row)
+                top = torch.where(amax > 0, a_scale, torch.zeros_like(a_scale)).amax(dim=1, keepdim=True)
+                row_scale = symmetric_scale(top, get_format(scale_format).max_value)
                 smallest = float(_smallest_positive(scale_format))
-                a_scale = round_to_format(a_scale / tensor_scale, scale_format).clamp(min=smallest) * tensor_scale
+                a_scale = round_to_format(a_scale / row_scale, scale_format).clamp(min=smallest) * row_scale
         else:
             a_scale = act_scale.float().reshape(1, groups, 1)
         rows = (round_to_format(grouped / a_scale, act_format) * a_scale).reshape(-1, k)
