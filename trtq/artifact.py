@@ -316,6 +316,10 @@ def _zero_point(bits: int) -> Callable[[torch.Tensor], str | None]:
     return check_values
 
 
+def _zero_one(t: torch.Tensor) -> str | None:
+    return None if ((t == 0) | (t == 1)).all() else "values other than 0 and 1, expected rounding decisions"
+
+
 def _signs(t: torch.Tensor) -> str | None:
     return None if ((t == 1) | (t == -1)).all() else "values other than ±1, expected Hadamard signs"
 
@@ -404,6 +408,9 @@ def _buffer_spec(layer: nn.Module, mod: nn.Module, bname: str, ref: torch.Tensor
             return None  # scales come from the live tensor: none may be stored
         if bname == "zero_point" and s.symmetric:
             return None  # an extra zero_point would silently switch the quantizer to asymmetric math
+        if mod.role == "weight" and ref is not None and getattr(layer, "smooth_scale", None) is not None:
+            # SmoothQuant: the scales are of W·diag(s) with the stored s, unknown before loading
+            return TensorSpec(ref.dtype, tuple(ref.shape), values=_positive(*ACT_SCALE_RANGE))
         if mod.role == "weight" and ref is not None:  # computed by prepare from the weights themselves
             values = _positive(*WEIGHT_SCALE_RATIO, ref=ref) if bname == "scale" else _zero_point(s.fmt.bits)
             return TensorSpec(ref.dtype, tuple(ref.shape), values=values)
@@ -411,6 +418,10 @@ def _buffer_spec(layer: nn.Module, mod: nn.Module, bname: str, ref: torch.Tensor
         values = _positive(*ACT_SCALE_RANGE) if bname == "scale" else _zero_point(s.fmt.bits)
         return TensorSpec(torch.float32, shape_rule=rule, values=values)
     # A layer kind's own buffers.
+    if bname == "round_up":  # AdaRound's learned rounding (TFMQ/BRECQ): 0/1 per weight, absent before learning
+        return TensorSpec(torch.float32, tuple(layer.weight.shape), required=False, values=_zero_one)
+    if bname == "smooth_scale":  # SmoothQuant's per-input-channel migration factors
+        return TensorSpec(ref.dtype, tuple(ref.shape), values=_positive(*TRANSFORM_SCALE_RANGE))
     if bname in ("s_b", "s_g"):
         return TensorSpec(ref.dtype, tuple(ref.shape), values=_positive(*TRANSFORM_SCALE_RANGE))
     if bname == "hadamard_signs":

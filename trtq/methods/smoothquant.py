@@ -60,21 +60,13 @@ class SmoothQuantLinear(QuantLinear):
             raise TrtqError(f"smooth_scale must be {self.in_features} positive values, got shape {tuple(s.shape)}")
         self.smooth_scale = s.detach().to(self.weight.device, torch.float32)
         self.weight_quantizer.calibrate_from(self.smoothed_weight().detach())
-        self._qweight_cache = None
 
     def smoothed_weight(self) -> torch.Tensor:
         return self.weight * self.smooth_scale.to(self.weight.dtype)
 
     def quantized_weight(self) -> torch.Tensor:
-        wq = self.weight_quantizer
-        if torch.is_grad_enabled():
-            return wq(self.smoothed_weight())
-        s = self.smooth_scale
-        key = (self.weight._version, self.weight.data_ptr(), wq.mode, s.data_ptr(), s._version,
-               wq.scale.data_ptr(), wq.scale._version)
-        if self._qweight_cache is None or self._qweight_cache[0] != key:
-            self._qweight_cache = (key, wq(self.smoothed_weight()))
-        return self._qweight_cache[1]
+        # Computed at every call (no cache keyed on tensor identity: the layer must trace; see trtq.nn.modules).
+        return self.weight_quantizer(self.smoothed_weight())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.quantized_input(x / self.smooth_scale.to(x.dtype)), self.quantized_weight(), self.bias)

@@ -37,10 +37,10 @@ class _AdaRoundMixin:
         return q
 
     def artifact_config(self) -> dict:
+        # Always both keys (artifact loading checks a layer's config keys and types against a fresh layer's).
         q = self.input_quantizer
-        if isinstance(q, TimestepTensorQuantizer):
-            return {"timestep_table": True, "on_unknown": q.on_unknown}
-        return {}
+        table = isinstance(q, TimestepTensorQuantizer)
+        return {"timestep_table": table, "on_unknown": q.on_unknown if table else "error"}
 
     def load_artifact_config(self, config: dict) -> None:
         unknown = set(config) - {"timestep_table", "on_unknown"}
@@ -69,12 +69,9 @@ class _AdaRoundMixin:
             return self.weight_grid(rectified_sigmoid(self.soft_rounding))
         if self.round_up is None:
             return super().quantized_weight()
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # a traced graph computes it (no cache)
-            return self.weight_grid(self.round_up.to(self.weight.dtype))
-        key = (self.weight._version, self.round_up.data_ptr(), self.round_up._version, wq.scale.data_ptr())
-        if self._qweight_cache is None or self._qweight_cache[0] != key:
-            self._qweight_cache = (key, self.weight_grid(self.round_up.to(self.weight.dtype)))
-        return self._qweight_cache[1]
+        # Computed at every call from the weight and the learned rounding (no cache keyed on tensor identity:
+        # the layer must trace, and it keeps no float copy of its weight; see trtq.nn.modules).
+        return self.weight_grid(self.round_up.to(self.weight.dtype))
 
 
 class AdaRoundConv2d(_AdaRoundMixin, QuantConv2d):

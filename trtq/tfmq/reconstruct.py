@@ -186,7 +186,6 @@ def _finish_hard(layers: dict[str, nn.Module]) -> None:
     for layer in layers.values():
         layer.round_up = hard_rounding(layer.soft_rounding.detach())
         layer.soft_rounding = None
-        layer._qweight_cache = None
 
 
 def _optimize(layers, loss_fn, iters: int, lr: float, desc: str, progress: bool) -> float:
