@@ -541,7 +541,7 @@ def _recipe_case(base: Base, rng: random.Random, art: Path) -> Outcome:
         if Recipe.from_dict(recipe.to_dict()) != recipe:
             return Outcome("recipe", "FAIL", desc, "accepted recipe does not round-trip")
         try:
-            prepare(TinyNet(), recipe)
+            prepare(TinyNet(), recipe, warn=False)  # a mutated recipe may well leave layers float
         except TrtqError as e:
             return Outcome("recipe", "tolerated", desc, f"accepted; prepare refused: {e}")
         return Outcome("recipe", "identical" if recipe.to_dict() == Recipe.from_dict(tiny_recipe()).to_dict()
