@@ -46,7 +46,7 @@ from export_configs import CONFIGS, build_config  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
 
-FAMILIES = ("w8a8-minmax", "w8a8-percentile", "w8a8-group", "w8a8-winograd-f43", "w8a8-winograd-f63",
+FAMILIES = ("w8a8-minmax", "w8a8-percentile", "w8a8-fp8", "w8a8-group", "w8a8-winograd-f43", "w8a8-winograd-f63",
             "w4a4-fp4-minmax", "w4a8-fp4", "w4a4-nvfp4", "w4a4-int4")
 MODELS = CONFIGS + ("digits-unet", "digits-dit")
 # The plugin node each family must produce (on models where its layer kind occurs).
@@ -57,7 +57,8 @@ CONV_FAMILIES = ("w8a8-group", "w8a8-winograd-f43", "w8a8-winograd-f63")
 # Fast subset run on every CI pass: each family once, each model once. The full matrix is marked slow.
 FAST = {("sd15", "w8a8-winograd-f43"), ("sd15", "w8a8-group"), ("sdxl", "w8a8-minmax"),
         ("sdxl", "w8a8-winograd-f63"), ("dit", "w4a4-nvfp4"), ("dit", "w4a4-int4"), ("pixart", "w4a4-fp4-minmax"),
-        ("pixart", "w4a8-fp4"), ("digits-unet", "w8a8-percentile"), ("digits-dit", "w4a4-nvfp4")}
+        ("pixart", "w4a8-fp4"), ("digits-unet", "w8a8-percentile"), ("digits-dit", "w4a4-nvfp4"),
+        ("dit", "w8a8-fp8")}  # DiT calls its timestep embedder twice: one FP8 initializer under two DQ nodes
 
 
 def _session(path):

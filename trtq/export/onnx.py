@@ -210,6 +210,9 @@ def _drop_attr(node: onnx.NodeProto, name: str) -> None:
 
 def _retype(init: TensorProto, code_type: str) -> None:
     """Re-encode an int8 (INT4 values) or uint8 (FP8 bits) initializer as its real ONNX element type."""
+    target = TensorProto.INT4 if code_type == "int4" else TensorProto.FLOAT8E4M3FN
+    if init.data_type == target:  # already retyped: a module called twice (DiT's shared timestep embedder)
+        return                    # gives two nodes on one initializer; converting again would corrupt it
     arr = numpy_helper.to_array(init)
     if code_type == "int4":
         new = helper.make_tensor(init.name, TensorProto.INT4, arr.shape, arr.astype("int8").flatten().tolist())
