@@ -3,7 +3,6 @@ leaves the model in float. Each case here is one the issue found accepted or cra
 
 import copy
 import json
-import os
 import threading
 
 import pytest
@@ -14,7 +13,7 @@ from torch import nn
 import trtq
 from trtq import TrtqError
 from trtq.artifact import FORMAT_VERSION, MANIFEST, SCALES
-from trtq.io.fuzz import reseal
+from trtq.io.fuzz import replace_with_oddity, reseal
 from tiny_nets import ConvLinearNet
 
 
@@ -146,15 +145,7 @@ def test_filesystem_oddities_instead_of_files(art, oddity):
     for name in (MANIFEST, SCALES):
         target = path / name
         saved = target.read_bytes()
-        target.unlink()
-        if oddity == "dir":
-            target.mkdir()
-        elif oddity == "fifo":
-            os.mkfifo(target)
-        elif oddity == "loop":
-            target.symlink_to(target)
-        else:
-            target.write_bytes(b"")
+        replace_with_oddity(target, oddity)
         done = threading.Event()
         result = {}
 

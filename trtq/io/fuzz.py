@@ -433,7 +433,14 @@ def _fs_case(art: Path, base: Base, rng: random.Random) -> str:
         shutil.move(target, real)
         target.symlink_to(real)
         return f"{op} {target.name}"
-    if target.is_dir():
+    replace_with_oddity(target, op)
+    return f"{op} {target.name}"
+
+
+def replace_with_oddity(target: Path, op: str) -> None:
+    """Put a filesystem oddity where `target` (a file or directory) was: "dir", "fifo", "loop" (a symlink to
+    itself), "dangling" (a symlink to nothing), "empty" (a 0-byte file) or "missing"."""
+    if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
     else:
         target.unlink()
@@ -447,7 +454,6 @@ def _fs_case(art: Path, base: Base, rng: random.Random) -> str:
         target.symlink_to(target.parent / "nowhere")
     elif op == "empty":
         target.write_bytes(b"")
-    return f"{op} {target.name}"
 
 
 def run_case(base: Base, kind: str, seed: int, workdir: Path) -> Outcome:
