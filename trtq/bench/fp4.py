@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from trtq.kernels import direct_launches
+
 # Dense tensor-core peaks (TFLOPS, datasheet, without sparsity): BF16, FP8, by the first substring of the
 # device name that matches (an H100 SXM calls itself "NVIDIA H100 80GB HBM3"). Leads for "fraction of
 # peak"; the measured cuBLAS rows say what is reachable.
@@ -117,15 +119,19 @@ def bench_linear(n: int, k: int, m: int, runs: int, warmup: int) -> list[dict]:
         packed, scale, tensor_scale, nbytes = _packed_layer(n, k, g, scale_format)
         args = (x, packed, scale, tensor_scale, None, None, "fp4_e2m1", "fp4_e2m1", g, scale_format, 1.0)
         op = lambda: kernels.fp4_group_gemm(*args, fuse_act_quant=fused)  # noqa: E731
-        row = {"impl": f"ours {name}", "group": g, "weight_bytes": nbytes, "peak": "fp8",
-               "ms": _median_ms(op, runs, warmup)}
-        if not fused:  # the two kernels apart: activation quantization, GEMM on quantized activations
-            quant = lambda: kernels.quantize_activations(x, None, "fp4_e2m1", g, scale_format != "float32", 1.0)  # noqa: E731,E501
-            row["act_quant_ms"] = _median_ms(quant, runs, warmup)
-            row["gemm_ms"] = row["ms"] - row["act_quant_ms"]
+        row = {"impl": f"ours {name}", "group": g, "weight_bytes": nbytes, "peak": "fp8"}
+        try:
+            row["ms"] = _median_ms(op, runs, warmup)
+            if not fused:  # the two kernels apart: activation quantization, GEMM on quantized activations
+                quant = lambda: kernels.quantize_activations(x, None, "fp4_e2m1", g, scale_format != "float32", 1.0)  # noqa: E731,E501
+                row["act_quant_ms"] = _median_ms(quant, runs, warmup)
+                row["gemm_ms"] = row["ms"] - row["act_quant_ms"]
+        except Exception as e:  # reported in the table, and the other implementations still run
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         rows.append(row)
     for row in rows:
-        row["tflops"] = flops / row["ms"] / 1e9
+        if "ms" in row:
+            row["tflops"] = flops / row["ms"] / 1e9
     return rows
 
 
@@ -181,6 +187,10 @@ def markdown(info: dict, linears: list[dict], models: list[dict]) -> str:
              "| model | layer | M | N | K | implementation | ms | act quant ms | TFLOPS | % peak | x BF16 | "
              "weight MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in linears:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['layer']} | {r['M']} | {r['N']} | {r['K']} | {r['impl']} | "
+                         f"failed: {r['error']} | | | | | |")
+            continue
         peak = info[f"peak_tflops_{r['peak']}"]
         pct = f"{100 * r['tflops'] / peak:.0f}" if peak else "–"
         aq = f"{r['act_quant_ms']:.4f}" if "act_quant_ms" in r else ""
@@ -218,23 +228,32 @@ def main(argv: list[str] | None = None) -> int:
         if model not in wanted:
             continue
         for m in (m for m in ms if m <= args.max_m):
-            rows = bench_linear(n, k, m, args.runs, args.warmup)
+            with direct_launches():  # eager calls of the launch functions: no wrap_triton dispatch
+                rows = bench_linear(n, k, m, args.runs, args.warmup)
             bf16 = rows[0]["ms"]
             for r in rows:
-                r.update(model=model, layer=layer, M=m, N=n, K=k, speedup_vs_bf16=bf16 / r["ms"])
+                r.update(model=model, layer=layer, M=m, N=n, K=k)
+                if "error" in r:
+                    print(f"{model:9s} {layer:15s} M={m:6d} {r['impl']:34s} FAILED {r['error']}", flush=True)
+                    continue
+                r["speedup_vs_bf16"] = bf16 / r["ms"]
                 print(f"{model:9s} {layer:15s} M={m:6d} N={n:6d} K={k:6d} {r['impl']:34s} {r['ms']:.4f} ms "
                       f"{r['tflops']:6.0f} TFLOPS x{r['speedup_vs_bf16']:.2f}", flush=True)
             linears += rows
+        _write(Path(args.out), info, linears, [])  # after each model's shapes: a run cut short keeps them
     models = [] if args.no_model else bench_dit(max(args.runs // 2, 50), args.warmup)
     for r in models:
         print(r, flush=True)
-    out = Path(args.out)
+    _write(Path(args.out), info, linears, models)
+    return 0
+
+
+def _write(out: Path, info: dict, linears: list[dict], models: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", info["device"].lower()).strip("-")
     (out / f"fp4-{slug}.json").write_text(json.dumps({**info, "linears": linears, "models": models}, indent=1))
     (out / f"fp4-{slug}.md").write_text(markdown(info, linears, models))
-    print(f"wrote {out / f'fp4-{slug}.json'} and .md")
-    return 0
+    print(f"wrote {out / f'fp4-{slug}.json'} and .md", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from trtq.kernels import direct_launches
+
 # The published UNet configs (diffusers config.json of runwayml/stable-diffusion-v1-5 and
 # stabilityai/stable-diffusion-xl-base-1.0), the fields that shape the convs.
 SD15_UNET = dict(
@@ -197,7 +199,7 @@ def bench_shape(s: ConvShape, repeats: int, sets: int = 4) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Whole SD 1.5 UNet step
 
-def unet_step(repeats: int) -> dict:
+def unet_step(repeats: int, only: list[str] | None = None) -> dict:
     from diffusers import UNet2DConditionModel
 
     import trtq
@@ -217,6 +219,8 @@ def unet_step(repeats: int) -> dict:
     }
     results = {}
     for name, recipe in variants.items():
+        if only and name not in only:
+            continue
         model = copy.deepcopy(base)
         if recipe is not None:
             # prepare + calibrate, not the recipe's method: learned transform scales change numbers, not speed.
@@ -264,6 +268,10 @@ def markdown(result: dict) -> str:
                   "| N x Cin x H x W -> Cout | cuDNN FP16 ms | BF16 ms | F(4,3) ms | F(6,3) ms | F(4,3) x | "
                   "F(6,3) x | F(4,3) stages in/gemm/out/fused ms |", "|---|---|---|---|---|---|---|---|"]
         for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['batch']}x{r['cin']}x{r['h']}x{r['w']} -> {r['cout']} | failed: {r['error']} "
+                             "| | | | | | |")
+                continue
             if "note" in r:
                 lines.append(f"| {r['batch']}x{r['cin']}x{r['h']}x{r['w']} -> {r['cout']} | "
                              f"{r['cudnn_fp16']['ms']:.4f} | {r['cudnn_bf16']['ms']:.4f} | {r['note']} | | | | |")
@@ -276,8 +284,9 @@ def markdown(result: dict) -> str:
                 f"{min(f6['fused']['ms'], f6['split']['ms']):.4f} | {f4['speedup_vs_cudnn_fp16']:.2f} | "
                 f"{f6['speedup_vs_cudnn_fp16']:.2f} | {st['input_transform_quant']:.4f} / {st['gemm_to_M']:.4f} / "
                 f"{st['output_transform_from_M']:.4f} / {st['gemm_fused_output']:.4f} |")
-        speed = sorted(r["F(4,3)"]["speedup_vs_cudnn_fp16"] for r in rows if "note" not in r)
-        lines += ["", f"Median F(4,3) speed-up over cuDNN FP16: {statistics.median(speed):.2f}x", ""]
+        speed = sorted(r["F(4,3)"]["speedup_vs_cudnn_fp16"] for r in rows if "F(4,3)" in r)
+        if speed:
+            lines += ["", f"Median F(4,3) speed-up over cuDNN FP16: {statistics.median(speed):.2f}x", ""]
     if "unet_step" in result:
         lines += ["## Whole SD 1.5 UNet step (512x512, batch 2, torch.compile)", "", "| variant | ms | x FP16 |",
                   "|---|---|---|"]
@@ -293,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per measurement (median; >= 50)")
     parser.add_argument("--models", default="sd15,sdxl", help="comma-separated: sd15, sdxl")
     parser.add_argument("--no-unet", action="store_true", help="skip the whole SD 1.5 UNet step")
+    parser.add_argument("--unet-variants", default="", help="comma-separated subset of the UNet-step variants "
+                        "(fp16, w8a8-winograd-f43, w8a8-winograd-f63, winograd-f43-convs-only); default all")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("trtq.bench.winograd: a CUDA GPU is needed (torch.cuda.is_available() is False)", file=sys.stderr)
@@ -304,19 +315,31 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models.split(","):
         result["shapes"][model] = []
         for s in conv3x3_shapes(model):
-            row = bench_shape(s, args.repeats)
+            try:
+                with direct_launches():  # eager calls of the launch functions: no wrap_triton dispatch
+                    row = bench_shape(s, args.repeats)
+            except Exception as e:  # a shape that fails is reported with its error, and the others still run
+                row = asdict(s) | {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+                print(f"{model} {s}: FAILED {row['error']}", flush=True)
+                result["shapes"][model].append(row)
+                continue
             gains = row.get("note") or ", ".join(f"{k} x{row[k]['speedup_vs_cudnn_fp16']:.2f}"
                                                  for k in ("F(4,3)", "F(6,3)"))
             print(f"{model} {s}: cuDNN FP16 {row['cudnn_fp16']['ms']:.4f} ms; {gains}", flush=True)
             result["shapes"][model].append(row)
+        write(result, args.out)  # after each model, so a run cut short still leaves its numbers
     if not args.no_unet:
-        result["unet_step"] = unet_step(args.repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    gpu = re.sub(r"[^a-z0-9]+", "-", result["environment"]["device"].lower()).strip("-")
-    (args.out / f"winograd-{gpu}.json").write_text(json.dumps(result, indent=1))
-    (args.out / f"winograd-{gpu}.md").write_text(markdown(result))
+        result["unet_step"] = unet_step(args.repeats, [v for v in args.unet_variants.split(",") if v])
+    write(result, args.out)
     print(markdown(result))
     return 0
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = re.sub(r"[^a-z0-9]+", "-", result["environment"]["device"].lower()).strip("-")
+    (out / f"winograd-{gpu}.json").write_text(json.dumps(result, indent=1))
+    (out / f"winograd-{gpu}.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def plugin_signatures(tile: int, group_size: int, groups: int, dtype: str = "fp1
     ints = lambda names: {name: "i32" for name in names.split()}  # noqa: E731
     inp_sig = {"x_ptr": ptr, "bt_ptr": "*fp32", "vq_ptr": "*i8", "sa_out_ptr": "*fp32", "scale_in_ptr": "*fp32",
                "amax_ptr": "*fp32", **ints("C H W sxn sxc sxh sxw pad_h pad_w tiles_h tiles_w P s_scale_pos s_scale_g")}
-    inp_const = {"GROUP_SIZE": group_size, "GROUPS": groups, "N_SIDE": n, "TILE": tile, "SCALE_MODE": scale_mode, "BLOCK_T": ic["BLOCK_T"], "BLOCK_C": min(_pow2(group_size), 128)}
+    inp_const = {"GROUP_SIZE": group_size, "GROUPS": groups, "N_SIDE": n, "TILE": tile, "SCALE_MODE": scale_mode, "BLOCK_T": ic["BLOCK_T"], "BLOCK_C": min(_pow2(group_size), 128),
+                 "NP": _pow2(n)}
     gemm_sig = {"vq_ptr": "*i8", "w_ptr": "*i8", "ws_ptr": "*fp32", "sa_ptr": "*fp32", "m_ptr": "*fp32",
                 "kout_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": ptr,
                 **ints("P Cout Cin s_sa_pos s_sa_p s_sa_g tiles_h tiles_w out_h out_w syn syc syh syw")}

@@ -77,36 +77,34 @@ def _scale_of(amax):
 
 @triton.jit
 def _transform_block(x_ptr, bt_ptr, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w,
-                     N_SIDE: tl.constexpr, TILE: tl.constexpr):
-    """V = B^T d B for a block of tiles x channels, separably (2 n^3 FMAs per tile and channel, in FP32,
-    summed in index order): a tuple of the n^2 positions (i n + j), each [BLOCK_T, BLOCK_C]."""
-    base = x_ptr + b[:, None].to(tl.int64) * sxn + c[None, :] * sxc
-    ok = t_ok[:, None] & c_ok[None, :]
-    d = ()
+                     N_SIDE: tl.constexpr, TILE: tl.constexpr, NP: tl.constexpr):
+    """V = B^T d B for a block of tiles x channels, separably in FP32 (2 n^2 NP FMAs per tile and channel):
+    a tuple of n rows, row a a [BLOCK_T, NP, BLOCK_C] tensor holding V[a, e] at [:, e, :] (zero for e >= n).
+
+    Vectorized by rows on purpose: n loads of [BLOCK_T, NP, BLOCK_C] instead of n^2 loads of
+    [BLOCK_T, BLOCK_C]. Triton's coalescing pass walks the whole def-use graph once per memory op, so with
+    n^2 loads and n^2 stores its time grew with about the sixth power of n (F(6,3): 140 s per compile)."""
+    jj = tl.arange(0, NP)
+    base = x_ptr + b[:, None, None].to(tl.int64) * sxn + c[None, None, :] * sxc
+    w = tx[:, None] * TILE - pad_w + jj[None, :]  # [BLOCK_T, NP]
+    w_ok = (w >= 0) & (w < W) & (jj < N_SIDE)[None, :]
+    ok = t_ok[:, None, None] & c_ok[None, None, :]
+    d = ()  # row i of every tile: [BLOCK_T, NP (column j), BLOCK_C]; zero fill for padding and overhang
     for i in tl.static_range(N_SIDE):
         h = ty * TILE - pad_h + i
-        for j in tl.static_range(N_SIDE):
-            w = tx * TILE - pad_w + j
-            inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)  # zero fill: padding and edge-tile overhang
-            d = d + (tl.load(base + (h * sxh + w * sxw)[:, None], mask=ok & inside[:, None], other=0.0)
-                     .to(tl.float32),)
-    coef = ()
-    for q in tl.static_range(N_SIDE * N_SIDE):
-        coef = coef + (tl.load(bt_ptr + q),)
-    u = ()  # u[a n + j] = sum_i B^T[a, i] d[i, j]
+        inside = w_ok & ((h >= 0) & (h < H))[:, None]
+        d = d + (tl.load(base + (h[:, None] * sxh + w * sxw)[:, :, None], mask=ok & inside[:, :, None],
+                         other=0.0).to(tl.float32),)
+    # B^T as an [NP, NP] matrix, zero-padded: row e holds B^T[e, :]
+    bt2 = tl.load(bt_ptr + jj[:, None] * N_SIDE + jj[None, :], mask=(jj < N_SIDE)[:, None] & (jj < N_SIDE)[None, :],
+                  other=0.0)
+    v = ()
     for a in tl.static_range(N_SIDE):
-        for j in tl.static_range(N_SIDE):
-            s = coef[a * N_SIDE] * d[j]
-            for i in tl.static_range(1, N_SIDE):
-                s += coef[a * N_SIDE + i] * d[i * N_SIDE + j]
-            u = u + (s,)
-    v = ()  # v[a n + e] = sum_j u[a, j] B^T[e, j]
-    for a in tl.static_range(N_SIDE):
-        for e in tl.static_range(N_SIDE):
-            s = coef[e * N_SIDE] * u[a * N_SIDE]
-            for j in tl.static_range(1, N_SIDE):
-                s += coef[e * N_SIDE + j] * u[a * N_SIDE + j]
-            v = v + (s,)
+        u = tl.load(bt_ptr + a * N_SIDE) * d[0]  # u[a, j] = sum_i B^T[a, i] d[i, j]
+        for i in tl.static_range(1, N_SIDE):
+            u += tl.load(bt_ptr + a * N_SIDE + i) * d[i]
+        # v[a, e] = sum_j B^T[e, j] u[a, j]: a reduction over the NP columns
+        v = v + (tl.sum(bt2[None, :, :, None] * u[:, None, :, :], axis=2),)
     return v
 
 
@@ -120,14 +118,14 @@ def winograd_input_kernel(
     x_ptr, bt_ptr, vq_ptr, sa_out_ptr, scale_in_ptr, amax_ptr,
     C, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w, tiles_h, tiles_w, P, s_scale_pos, s_scale_g,
     GROUP_SIZE: tl.constexpr, GROUPS: tl.constexpr, N_SIDE: tl.constexpr, TILE: tl.constexpr,
-    SCALE_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    SCALE_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, NP: tl.constexpr,
 ):
     """x [N, C, H, W] (any strides) -> INT8 codes vq [n^2, P, C] and the scales the GEMM needs.
 
     Program (pid_t, pid_c) owns BLOCK_T tiles and, in the dynamic group modes, the whole channel group
     pid_c (in BLOCK_C chunks; a group wider than one chunk is transformed twice: amax, then quantize);
-    otherwise channels [pid_c * BLOCK_C, +BLOCK_C). Tiles are numbered p = (image, tile row, tile col)."""
-    NPOS: tl.constexpr = N_SIDE * N_SIDE
+    otherwise channels [pid_c * BLOCK_C, +BLOCK_C). Tiles are numbered p = (image, tile row, tile col).
+    NP: the power of two >= n (the padded row length)."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -137,68 +135,74 @@ def winograd_input_kernel(
     ty = (t % tiles) // tiles_w
     tx = t % tiles_w
     cl = tl.arange(0, BLOCK_C)
-    row = t[:, None].to(tl.int64) * C  # vq[k, t, c] = vq_ptr + k P C + t C + c
-    t_ok2 = t_ok[:, None]
+    e = tl.arange(0, NP)
+    e_ok = e < N_SIDE
+    row = t[:, None, None].to(tl.int64) * C  # vq[k, t, c] = vq_ptr + k P C + t C + c, k = a n + e
+    pos_off = e[None, :, None].to(tl.int64) * P * C
+    t_ok3 = t_ok[:, None, None] & e_ok[None, :, None]
 
     if SCALE_MODE == DYN_GROUP or SCALE_MODE == DYN_POSITION_GROUP:
         NCH: tl.constexpr = (GROUP_SIZE + BLOCK_C - 1) // BLOCK_C
         c0 = pid_c * GROUP_SIZE
-        amax = ()  # per position [BLOCK_T]: max |V| over the group's channels
+        amax = ()  # per row a: [BLOCK_T, NP], max |V| over the group's channels
         for ch in tl.static_range(NCH):
             c_ok = ch * BLOCK_C + cl < GROUP_SIZE
             v = _transform_block(x_ptr, bt_ptr, b, ty, tx, t_ok, c0 + ch * BLOCK_C + cl, c_ok, H, W, sxn, sxc,
-                                 sxh, sxw, pad_h, pad_w, N_SIDE, TILE)
+                                 sxh, sxw, pad_h, pad_w, N_SIDE, TILE, NP)
             new = ()
-            for k in tl.static_range(NPOS):
-                mk = tl.max(tl.abs(v[k]), axis=1)
+            for a in tl.static_range(N_SIDE):
+                ma = tl.max(tl.abs(v[a]), axis=2)
                 if ch > 0:
-                    mk = tl.maximum(amax[k], mk)
-                new = new + (mk,)
+                    ma = tl.maximum(amax[a], ma)
+                new = new + (ma,)
             amax = new
-        scales = ()
+        scales = ()  # per row a: broadcastable against [BLOCK_T, NP, BLOCK_C]
         if SCALE_MODE == DYN_GROUP:  # one scale per (tile, group): the max over the n^2 positions too
-            am = amax[0]
-            for k in tl.static_range(1, NPOS):
-                am = tl.maximum(am, amax[k])
+            am = tl.max(amax[0], axis=1)
+            for a in tl.static_range(1, N_SIDE):
+                am = tl.maximum(am, tl.max(amax[a], axis=1))
             s_t = _scale_of(am)
             tl.store(sa_out_ptr + t * GROUPS + pid_c, s_t, mask=t_ok)
-            for k in tl.static_range(NPOS):
-                scales = scales + (s_t,)
+            for a in tl.static_range(N_SIDE):
+                scales = scales + (s_t[:, None, None],)
         else:
-            for k in tl.static_range(NPOS):
-                s_k = _scale_of(amax[k])
-                tl.store(sa_out_ptr + (k * P + t) * GROUPS + pid_c, s_k, mask=t_ok)
-                scales = scales + (s_k,)
+            for a in tl.static_range(N_SIDE):
+                s_a = _scale_of(amax[a])  # [BLOCK_T, NP]
+                tl.store(sa_out_ptr + ((a * N_SIDE + e[None, :]) * P + t[:, None]) * GROUPS + pid_c, s_a,
+                         mask=t_ok[:, None] & e_ok[None, :])
+                scales = scales + (s_a[:, :, None],)
         for ch in tl.static_range(NCH):
             c_ok = ch * BLOCK_C + cl < GROUP_SIZE
             c = c0 + ch * BLOCK_C + cl
             if NCH > 1:
                 v = _transform_block(x_ptr, bt_ptr, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw,
-                                     pad_h, pad_w, N_SIDE, TILE)
-            for k in tl.static_range(NPOS):
-                tl.store(vq_ptr + k * P * C + row + c[None, :], _quantize(v[k], scales[k][:, None]),
-                         mask=t_ok2 & c_ok[None, :])
+                                     pad_h, pad_w, N_SIDE, TILE, NP)
+            for a in tl.static_range(N_SIDE):
+                tl.store(vq_ptr + a * N_SIDE * P * C + pos_off + row + c[None, None, :],
+                         _quantize(v[a], scales[a]), mask=t_ok3 & c_ok[None, None, :])
     else:
         c = pid_c * BLOCK_C + cl
         c_ok = c < C
         v = _transform_block(x_ptr, bt_ptr, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w,
-                             N_SIDE, TILE)
+                             N_SIDE, TILE, NP)
         if SCALE_MODE == IMAGE_AMAX:
-            am = tl.max(tl.abs(v[0]), axis=1)
-            for k in tl.static_range(1, NPOS):
-                am = tl.maximum(am, tl.max(tl.abs(v[k]), axis=1))
+            am = tl.max(tl.max(tl.abs(v[0]), axis=2), axis=1)
+            for a in tl.static_range(1, N_SIDE):
+                am = tl.maximum(am, tl.max(tl.max(tl.abs(v[a]), axis=2), axis=1))
             tl.store(amax_ptr + t * tl.num_programs(1) + pid_c, am, mask=t_ok)
         else:
             if SCALE_MODE == PER_IMAGE:
                 s_t = tl.load(scale_in_ptr + b, mask=t_ok, other=1.0)
                 tl.store(sa_out_ptr + t, s_t, mask=t_ok & (pid_c == 0))
             g = c // GROUP_SIZE
-            for k in tl.static_range(NPOS):
+            for a in tl.static_range(N_SIDE):
                 if SCALE_MODE == PER_IMAGE:
-                    s = s_t[:, None]
-                else:  # STATIC: act_scale[position, group of channel c]
-                    s = tl.load(scale_in_ptr + k * s_scale_pos + g * s_scale_g, mask=c_ok, other=1.0)[None, :]
-                tl.store(vq_ptr + k * P * C + row + c[None, :], _quantize(v[k], s), mask=t_ok2 & c_ok[None, :])
+                    s = s_t[:, None, None]
+                else:  # STATIC: act_scale[position a n + e, group of channel c]
+                    s = tl.load(scale_in_ptr + (a * N_SIDE + e[:, None]) * s_scale_pos + g[None, :] * s_scale_g,
+                                mask=e_ok[:, None] & c_ok[None, :], other=1.0)[None, :, :]
+                tl.store(vq_ptr + a * N_SIDE * P * C + pos_off + row + c[None, None, :], _quantize(v[a], s),
+                         mask=t_ok3 & c_ok[None, None, :])
 
 
 @triton.jit
@@ -346,7 +350,7 @@ def input_stage(x: torch.Tensor, bt: torch.Tensor, tile: int, padding, group_siz
     vq = torch.empty(n * n, P, C, dtype=torch.int8, device=x.device)
     common = dict(C=C, H=H, W=W, sxn=x.stride(0), sxc=x.stride(1), sxh=x.stride(2), sxw=x.stride(3),
                   pad_h=padding[0], pad_w=padding[1], tiles_h=th, tiles_w=tw, P=P, GROUP_SIZE=group_size,
-                  GROUPS=groups, N_SIDE=n, TILE=tile)
+                  GROUPS=groups, N_SIDE=n, TILE=tile, NP=_pow2(n))
     dummy = bt  # an unused pointer argument still needs a tensor
 
     if act_scale is not None:
