@@ -14,11 +14,21 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 
+def _has_tensorrt() -> bool:
+    """The real bindings, not `tensorrt-stubs` alone (installed for mypy: it leaves `tensorrt` an empty
+    namespace package, which imports fine and has no Builder)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    import tensorrt
+
+    return hasattr(tensorrt, "Builder")
+
+
 def pytest_collection_modifyitems(config, items):
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
     no_trt = pytest.mark.skip(reason="needs TensorRT: the `tensorrt` Python bindings are not installed here")
     has_gpu = torch.cuda.is_available()
-    has_trt = importlib.util.find_spec("tensorrt") is not None
+    has_trt = _has_tensorrt()
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(no_gpu)
