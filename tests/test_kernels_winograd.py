@@ -72,7 +72,7 @@ def test_gemm_stage_is_exact_on_given_int8_codes(tile, cin, group_size):
     sa = 2.0 ** torch.randint(-8, 0, (n * n, P, groups), generator=gen).float()
     m = torch.full((n * n, P, cout), float("nan"))  # poisoned: every element must be written
     at, _, _ = winograd_matrices(tile)
-    args = [t.to(DEVICE) for t in (vq, w, ws, sa, wk.output_matrix(at), m)]
+    args = [t.to(DEVICE) for t in (vq, w, ws, sa, at, m)]
     wk.gemm_stage(args[0], args[1], args[2], args[3], (P * groups, groups, 1), args[4], None, args[5], tile,
                   group_size, mode=1, tiles=(1, P), out_hw=(tile, tile * P))
     acc = torch.einsum("qpgk,qogk->gqpo", vq.long().reshape(n * n, P, groups, -1),

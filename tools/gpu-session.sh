@@ -23,18 +23,18 @@ limit() { echo "${LIMIT[$1]:-240}"; }
 declare -A LIMIT=([check]=${T_CHECK:-240} [bench-winograd]=${T_WINO:-200} [bench-fp4]=${T_FP4:-200} [harness]=${T_HARNESS:-120})
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import torch, triton, sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, triton.__version__, torch.cuda.get_device_name())"
-} 2>&1 | tee "$OUT/summary.txt"
+} 2>&1 | tee -a "$OUT/summary.txt"
 for stage in $stages; do
   t0=$(date +%s)
   case $stage in
-    check) timeout "$(limit check)" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rfEs \
+    check) timeout "$(limit check)" python3 -m pytest -v -m gpu -p no:cacheprovider -o addopts="" -rfEs \
              --timeout 150 --durations 15 ${CHECK_ARGS:-} > "$OUT/gpu-check.log" 2>&1 ;;
     bench-winograd) timeout "$(limit bench-winograd)" python3 -m trtq.bench.winograd --out "$OUT/bench" \
              ${WINO_ARGS:-} > "$OUT/bench-winograd.log" 2>&1 ;;
     bench-fp4) timeout "$(limit bench-fp4)" python3 -m trtq.bench.fp4 --out "$OUT/bench" \
              ${FP4_ARGS:-} > "$OUT/bench-fp4.log" 2>&1 ;;
-    harness) timeout "$(limit harness)" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rfEs \
-             tests/test_launch_harness.py > "$OUT/harness.log" 2>&1 ;;
+    harness) timeout "$(limit harness)" python3 -m pytest -v -m gpu -p no:cacheprovider -o addopts="" -rfEs \
+             --timeout 120 tests/test_plugins_gpu.py ${HARNESS_ARGS:-} > "$OUT/harness.log" 2>&1 ;;
     *) echo "unknown stage $stage"; continue ;;
   esac
   rc=$?
@@ -42,7 +42,7 @@ for stage in $stages; do
 done
 # At most 8 files come back from $OUT: the benchmark folder travels as one archive.
 tar -czf "$OUT/bench.tgz" -C "$OUT" bench && rm -rf "$OUT/bench"
-tar -czf "$OUT/cache.tgz" -C /tmp/gpu-cache . 2>/dev/null
+[ -n "${KEEP_CACHE:-}" ] && tar -czf "$OUT/cache.tgz" -C /tmp/gpu-cache . 2>/dev/null
 ls -la "$OUT"
 echo "---- tails"
 for f in "$OUT"/*.log; do echo "## $f"; tail -n 25 "$f"; done

@@ -175,14 +175,13 @@ def bench_shape(s: ConvShape, repeats: int, sets: int = 4) -> dict:
             out[label] = {"ms": ms, "TOPS": s.ops / ms / 1e9,
                           "GBps": (act_bytes + codes.numel() + 4 * w_scale.numel()) / ms / 1e6}
         # Per stage, each launched alone on the same data.
-        kout = wk.output_matrix(at)
         out_h, out_w, th, tw = wk._grid_shape(x16[0], tile, pad)
         vq, sa, strides = wk.input_stage(x16[0], bt, tile, pad, GROUP_SIZE, "group", None)
         y = torch.empty(s.batch, s.cout, out_h, out_w, device="cuda", dtype=torch.float16,
                         memory_format=torch.channels_last)
         m = torch.empty(n * n, vq.shape[1], s.cout, device="cuda")
         stage = lambda mode, src, dst: (lambda _: wk.gemm_stage(  # noqa: E731
-            src, codes, w_scale, sa, strides, kout, bias, dst, tile, GROUP_SIZE, mode, (th, tw), (out_h, out_w)))
+            src, codes, w_scale, sa, strides, at, bias, dst, tile, GROUP_SIZE, mode, (th, tw), (out_h, out_w)))
         out["stages_ms"] = {
             "input_transform_quant": time_ms(lambda x: wk.input_stage(x, bt, tile, pad, GROUP_SIZE, "group", None),
                                              x16, repeats),
@@ -301,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="folder for the .json and .md")
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per measurement (median; >= 50)")
     parser.add_argument("--models", default="sd15,sdxl", help="comma-separated: sd15, sdxl")
+    parser.add_argument("--shapes", default="", help="only these convs, as CINxCOUTxH (e.g. 320x320x64); default all")
     parser.add_argument("--no-unet", action="store_true", help="skip the whole SD 1.5 UNet step")
     parser.add_argument("--unet-variants", default="", help="comma-separated subset of the UNet-step variants "
                         "(fp16, w8a8-winograd-f43, w8a8-winograd-f63, winograd-f43-convs-only); default all")
@@ -314,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {"environment": environment(), "repeats": args.repeats, "ceilings": ceilings(args.repeats), "shapes": {}}
     for model in args.models.split(","):
         result["shapes"][model] = []
+        wanted = {w for w in args.shapes.split(",") if w}
         for s in conv3x3_shapes(model):
+            if wanted and f"{s.cin}x{s.cout}x{s.h}" not in wanted:
+                continue
             try:
                 with direct_launches():  # eager calls of the launch functions: no wrap_triton dispatch
                     row = bench_shape(s, args.repeats)
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  for k in ("F(4,3)", "F(6,3)"))
             print(f"{model} {s}: cuDNN FP16 {row['cudnn_fp16']['ms']:.4f} ms; {gains}", flush=True)
             result["shapes"][model].append(row)
-        write(result, args.out)  # after each model, so a run cut short still leaves its numbers
+            write(result, args.out)  # after each shape, so a run cut short still leaves its numbers
     if not args.no_unet:
         result["unet_step"] = unet_step(args.repeats, [v for v in args.unet_variants.split(",") if v])
     write(result, args.out)

@@ -12,7 +12,8 @@ ONNX exporter emits for it:
     FP4GroupGemm            [Hadamard rotation in standard ops] -> one trtq::FP4GroupGemm node (plugin).
 
 Plugin nodes carry `plugin_version` / `plugin_namespace` (what TensorRT's ONNX parser reads for plugins),
-`aot = 1` (an ahead-of-time implementation is wanted) and a private `trtq_overload` attribute that the
+`aot = 0` (TensorRT runs the plugins' JIT implementation: see trtq/plugins/tensorrt_defs.py for what an
+ahead-of-time one still needs) and a private `trtq_overload` attribute that the
 exporter turns into the node's function overload (the key of the local function holding its decomposition).
 """
 
@@ -83,7 +84,7 @@ class _PluginFn(torch.autograd.Function):
         sizes = tensors[0].type().varyingSizes()  # None where symbolic (batch, resolution)
         rank = len(sizes)
         out = g.op(f"{PLUGIN_DOMAIN}::{op_type}", *vals, **_attr_kwargs(attrs), plugin_version_s=PLUGIN_VERSION,
-                   plugin_namespace_s=PLUGIN_DOMAIN, aot_i=1,
+                   plugin_namespace_s=PLUGIN_DOMAIN, aot_i=0,
                    trtq_overload_s=plugin_overload(op_type, attrs, tuple(present), rank))
         # The activation's dtype, and the output sizes the exporter can know (downstream ops such as diffusers'
         # squeeze(1) export an If node where a size is unknown).

@@ -29,7 +29,7 @@ def plugin_signatures(tile: int, group_size: int, groups: int, dtype: str = "fp1
     inp_const = {"GROUP_SIZE": group_size, "GROUPS": groups, "N_SIDE": n, "TILE": tile, "SCALE_MODE": scale_mode, "BLOCK_T": ic["BLOCK_T"], "BLOCK_C": min(_pow2(group_size), 128),
                  "NP": _pow2(n)}
     gemm_sig = {"vq_ptr": "*i8", "w_ptr": "*i8", "ws_ptr": "*fp32", "sa_ptr": "*fp32", "m_ptr": "*fp32",
-                "kout_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": ptr,
+                "at_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": ptr,
                 **ints("P Cout Cin s_sa_pos s_sa_p s_sa_g tiles_h tiles_w out_h out_w syn syc syh syw")}
     gemm_const = {"GROUP_SIZE": group_size, "GROUPS": groups, "N_SIDE": n, "TILE": tile, "MM": _pow2(tile * tile),
                   "MODE": 0, "HAS_BIAS": has_bias, "BLOCK_CO": gc["BLOCK_CO"], "BLOCK_P": gc["BLOCK_P"],

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from trtq.errors import TrtqError
+from trtq.kernels import tuned
 from trtq.formats import FloatFormat, get_format
 from trtq.fp4 import ACT_FORMATS, FP4_FORMATS
 
@@ -162,8 +163,8 @@ def _gemm_configs():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
     shapes = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (64, 128, 4, 4),
               (128, 64, 4, 4), (64, 64, 4, 3)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in shapes]
+    return tuned([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
+                  for bm, bn, w, s in shapes])
 
 
 @triton.jit

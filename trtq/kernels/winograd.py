@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from trtq.errors import TrtqError
+from trtq.kernels import tuned
 from trtq.quantizer import symmetric_scale
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -207,7 +208,7 @@ def winograd_input_kernel(
 
 @triton.jit
 def winograd_gemm_kernel(
-    vq_ptr, w_ptr, ws_ptr, sa_ptr, m_ptr, kout_ptr, bias_ptr, y_ptr,
+    vq_ptr, w_ptr, ws_ptr, sa_ptr, m_ptr, at_ptr, bias_ptr, y_ptr,
     P, Cout, Cin, s_sa_pos, s_sa_p, s_sa_g, tiles_h, tiles_w, out_h, out_w, syn, syc, syh, syw,
     GROUP_SIZE: tl.constexpr, GROUPS: tl.constexpr, N_SIDE: tl.constexpr, TILE: tl.constexpr,
     MM: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -258,7 +259,11 @@ def winograd_gemm_kernel(
         if MODE == GEMM_TO_M:
             tl.store(m_ptr + m_off, acc, mask=ok2)
         else:
-            coef = tl.load(kout_ptr + a * NPOS + pos, mask=a < TILE * TILE, other=0.0)  # kron(A^T, A^T)[:, pos]
+            # kron(A^T, A^T)[:, pos]: A^T[r, i] A^T[s, j] for output (r, s) and position (i, j), from A^T itself
+            # (one FP32 product, as torch.kron makes it), so the kernel needs no host-side precomputation.
+            a_ok = a < TILE * TILE
+            coef = (tl.load(at_ptr + (a // TILE) * N_SIDE + pos // N_SIDE, mask=a_ok, other=0.0)
+                    * tl.load(at_ptr + (a % TILE) * N_SIDE + pos % N_SIDE, mask=a_ok, other=0.0))
             y3 += coef[:, None, None] * acc[None, :, :]
     if MODE != GEMM_TO_M:
         if HAS_BIAS:
@@ -288,10 +293,11 @@ def gemm_grid(P: int, Cout: int, n: int, mode: int, config: dict) -> tuple[int, 
 
 
 def _input_configs():
-    """The transform holds 3 x n^2 values per (tile, channel) of the block in registers: blocks of 128-512."""
+    """The transform holds rows of NP values per (tile, channel) and an [T, NP, NP, C] product in registers:
+    blocks of 128-512 (tiles x channels)."""
     if INTERPRET:
         return [triton.Config({"BLOCK_T": 16}, num_warps=1)]  # few programs: the interpreter pays per op
-    return [triton.Config({"BLOCK_T": bt}, num_warps=w) for bt, w in ((4, 4), (8, 4), (16, 8))]
+    return tuned([triton.Config({"BLOCK_T": bt}, num_warps=w) for bt, w in ((8, 4), (4, 4), (16, 8))])
 
 
 def _gemm_configs():
@@ -299,7 +305,8 @@ def _gemm_configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_CO": 16, "BLOCK_P": 16}, num_warps=1)]
     shapes = ((64, 16, 4), (64, 32, 4), (128, 16, 8), (128, 32, 8), (64, 64, 4), (128, 64, 8), (128, 128, 8))
-    return [triton.Config({"BLOCK_CO": bco, "BLOCK_P": bp}, num_warps=w, num_stages=3) for bco, bp, w in shapes]
+    return tuned([triton.Config({"BLOCK_CO": bco, "BLOCK_P": bp}, num_warps=w, num_stages=3)
+                  for bco, bp, w in shapes])
 
 
 def _prune_gemm_configs(configs, named_args, **kwargs):
@@ -320,14 +327,6 @@ gemm_kernel_tuned = triton.autotune(_gemm_configs(), key=["P", "Cout", "Cin", "G
 
 # ---------------------------------------------------------------------------------------------------------
 # Host side: the stages, launched through torch.library.wrap_triton so torch.compile traces them.
-
-def output_matrix(at: torch.Tensor) -> torch.Tensor:
-    """kron(A^T, A^T) [MM, n^2] in FP32, zero rows up to MM = the power of two >= m^2: Y_flat = K M_flat."""
-    m, n = at.shape
-    kout = torch.zeros(_pow2(m * m), n * n, dtype=torch.float32, device=at.device)
-    kout[: m * m] = torch.kron(at.float(), at.float())
-    return kout
-
 
 def _grid_shape(x: torch.Tensor, tile: int, padding) -> tuple[int, int, int, int]:
     ph, pw = padding
@@ -378,7 +377,7 @@ def input_stage(x: torch.Tensor, bt: torch.Tensor, tile: int, padding, group_siz
     return vq, sa, ((P * groups) if mode == 2 else 0, groups, 1)
 
 
-def gemm_stage(vq, w_int8, w_scale, sa, sa_strides, kout, bias, out, tile: int, group_size: int, mode: int,
+def gemm_stage(vq, w_int8, w_scale, sa, sa_strides, at, bias, out, tile: int, group_size: int, mode: int,
                tiles: tuple[int, int], out_hw: tuple[int, int]):
     """Launch winograd_gemm_kernel in `mode` (0 fused to y, 1 to M, 2 M to y); `out` is y or M."""
     n = tile + 2
@@ -388,10 +387,11 @@ def gemm_stage(vq, w_int8, w_scale, sa, sa_strides, kout, bias, out, tile: int, 
     ws = w_scale.float().reshape(npos, cout, -1).contiguous()
     y_strides = out.stride() if out.dim() == 4 else (0, 0, 0, 0)
     m_buf = out if mode == 1 else vq  # M to write; in mode 2 the M to read comes in as `vq`
+    at = at.float().contiguous()
     torch.library.wrap_triton(gemm_kernel_tuned)[lambda meta: gemm_grid(P, cout, n, mode, meta)](
-        vq, w, ws, sa, m_buf, kout, bias if bias is not None else kout, out,
+        vq, w, ws, sa, m_buf, at, bias if bias is not None else at, out,
         P, cout, cin, *sa_strides, tiles[0], tiles[1], out_hw[0], out_hw[1], *y_strides,
-        GROUP_SIZE=group_size, GROUPS=cin // group_size, N_SIDE=n, TILE=tile, MM=kout.shape[0], MODE=mode,
+        GROUP_SIZE=group_size, GROUPS=cin // group_size, N_SIDE=n, TILE=tile, MM=_pow2(tile * tile), MODE=mode,
         HAS_BIAS=bias is not None, BLOCK_K=max(32, min(_pow2(group_size), 128)))
 
 
@@ -399,7 +399,6 @@ def winograd_conv_int8_triton(x, w_int8, w_scale, bias, at, bt, tile: int, paddi
                               act_granularity: str, act_scale, fuse_output: bool | None = None) -> torch.Tensor:
     """`trtq::winograd_conv_int8` on the Triton kernels (arguments checked by the op). fuse_output None: fused
     for F(2,3), F(4,3); split for F(6,3), whose 36 outputs a tile do not fit a useful block in registers."""
-    kout = output_matrix(at)
     fuse_output = tile <= 4 if fuse_output is None else fuse_output
     out_h, out_w, th, tw = _grid_shape(x, tile, padding)
     vq, sa, sa_strides = input_stage(x, bt, tile, padding, group_size, act_granularity, act_scale)
@@ -408,9 +407,9 @@ def winograd_conv_int8_triton(x, w_int8, w_scale, bias, at, bt, tile: int, paddi
         and not x.is_contiguous() else torch.contiguous_format
     y = torch.empty(x.shape[0], cout, out_h, out_w, dtype=x.dtype, device=x.device, memory_format=fmt)
     if fuse_output:
-        gemm_stage(vq, w_int8, w_scale, sa, sa_strides, kout, bias, y, tile, group_size, 0, (th, tw), (out_h, out_w))
+        gemm_stage(vq, w_int8, w_scale, sa, sa_strides, at, bias, y, tile, group_size, 0, (th, tw), (out_h, out_w))
     else:
         m = torch.empty(vq.shape[0], vq.shape[1], cout, dtype=torch.float32, device=x.device)
-        gemm_stage(vq, w_int8, w_scale, sa, sa_strides, kout, bias, m, tile, group_size, 1, (th, tw), (out_h, out_w))
-        gemm_stage(m, w_int8, w_scale, sa, sa_strides, kout, bias, y, tile, group_size, 2, (th, tw), (out_h, out_w))
+        gemm_stage(vq, w_int8, w_scale, sa, sa_strides, at, bias, m, tile, group_size, 1, (th, tw), (out_h, out_w))
+        gemm_stage(m, w_int8, w_scale, sa, sa_strides, at, bias, y, tile, group_size, 2, (th, tw), (out_h, out_w))
     return y
