@@ -42,7 +42,8 @@ def test_winograd_plan_on_the_harness_equals_the_op(tile, scales, dtype):
     act_scale = (torch.rand(n, n, cin // g) + 0.05).cuda() if static else None
     x = torch.randn(2, cin, 19, 23, device="cuda", dtype=dtype)
     bias = torch.randn(cout, device="cuda")
-    codes, w_scale, at, bt = codes.cuda(), w_scale.float().cuda().contiguous(), at.float().cuda(), bt.float().cuda()
+    codes, w_scale = codes.cuda().contiguous(), w_scale.float().cuda().contiguous()
+    at, bt = at.float().cuda().contiguous(), bt.float().cuda().contiguous()
     gran = "group" if static else scales
     want = torch.ops.trtq.winograd_conv_int8(x, codes, w_scale, bias, at, bt, tile, [1, 1], g, gran, act_scale)
     attrs = WinogradAttrs.parse({"tile": tile, "pads": [1, 1], "group_size": g, "act_granularity": gran})

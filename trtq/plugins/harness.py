@@ -51,7 +51,8 @@ def load(compiled) -> object:
     if key not in _modules:
         driver = _driver()
         torch.cuda.init()  # torch's primary context is the current one
-        module = _check(driver.cuModuleLoadData(ptx.encode() + b"\0"), f"loading the PTX of {meta.name}")
+        image = ctypes.create_string_buffer(ptx.encode())  # NUL-terminated, alive during the call
+        module = _check(driver.cuModuleLoadData(ctypes.addressof(image)), f"loading the PTX of {meta.name}")
         fn = _check(driver.cuModuleGetFunction(module, meta.name.encode()), f"finding {meta.name}")
         if meta.shared > 48 * 1024:  # above 48 KiB a kernel must opt in to dynamic shared memory
             attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
