@@ -24,17 +24,19 @@ declare -A LIMIT=([check]=${T_CHECK:-240} [bench-winograd]=${T_WINO:-200} [bench
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import torch, triton, sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, triton.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee -a "$OUT/summary.txt"
+# Extra arguments per stage, shell-quoted (e.g. CHECK_ARGS="-k 'fp4 and not bf16'"): parsed into arrays.
+eval "CHECK=(${CHECK_ARGS:-}) WINO=(${WINO_ARGS:-}) FP4=(${FP4_ARGS:-}) HARNESS=(${HARNESS_ARGS:-})"
 for stage in $stages; do
   t0=$(date +%s)
   case $stage in
     check) timeout "$(limit check)" python3 -m pytest -v -m gpu -p no:cacheprovider -o addopts="" -rfEs \
-             --timeout 150 --durations 15 ${CHECK_ARGS:-} > "$OUT/gpu-check.log" 2>&1 ;;
+             --timeout 150 --durations 15 "${CHECK[@]}" > "$OUT/gpu-check.log" 2>&1 ;;
     bench-winograd) timeout "$(limit bench-winograd)" python3 -m trtq.bench.winograd --out "$OUT/bench" \
-             ${WINO_ARGS:-} > "$OUT/bench-winograd.log" 2>&1 ;;
+             "${WINO[@]}" > "$OUT/bench-winograd.log" 2>&1 ;;
     bench-fp4) timeout "$(limit bench-fp4)" python3 -m trtq.bench.fp4 --out "$OUT/bench" \
-             ${FP4_ARGS:-} > "$OUT/bench-fp4.log" 2>&1 ;;
+             "${FP4[@]}" > "$OUT/bench-fp4.log" 2>&1 ;;
     harness) timeout "$(limit harness)" python3 -m pytest -v -m gpu -p no:cacheprovider -o addopts="" -rfEs \
-             --timeout 120 tests/test_plugins_gpu.py ${HARNESS_ARGS:-} > "$OUT/harness.log" 2>&1 ;;
+             --timeout 120 tests/test_plugins_gpu.py "${HARNESS[@]}" > "$OUT/harness.log" 2>&1 ;;
     *) echo "unknown stage $stage"; continue ;;
   esac
   rc=$?
