@@ -256,14 +256,19 @@ def test_kernels_compile_for_hopper_and_ada_without_a_gpu():
     """triton.compile for sm_90 and sm_89 on this CPU machine: FP8 E4M3 MMA (wgmma on Hopper, mma.sync on Ada).
     A subprocess: TRITON_INTERPRET changes what triton.jit returns."""
     code = (
-        "from trtq.kernels.fp4_gemm import compile_gemm, compile_act_quant\n"
-        "k = compile_gemm(90, group_size=32)\n"
-        "ptx = k.asm['ptx']; assert 'wgmma.mma_async' in ptx and 'e4m3.e4m3' in ptx, 'no FP8 wgmma'\n"
-        "k = compile_gemm(90, group_size=16, scale_format='fp8_e4m3')\n"
-        "assert 'wgmma.mma_async' in k.asm['ptx'] and k.asm['cubin']\n"
-        "k = compile_gemm(89, group_size=128, act_format='fp8_e4m3')\n"
-        "assert 'mma.sync' in k.asm['ptx'] and 'e4m3' in k.asm['ptx']\n"
-        "for arch in (89, 90): assert 'div.rn.f32' in compile_act_quant(arch).asm['ptx']  # IEEE division\n")
+        "from trtq.plugins.plans import fp4_plan\n"
+        "from trtq.plugins.specs import FP4GemmAttrs\n"
+        "def kernels(arch, g=32, sf='float32', af='fp4_e2m1'):\n"
+        "    a = FP4GemmAttrs(weight_format='fp4_e2m1', act_format=af, group_size=g, scale_format=sf, act_clip=1.0)\n"
+        "    plan = fp4_plan(a, (64, 1152), (256, 576), 'bfloat16', True, sf != 'float32', False)\n"
+        "    return [launch.compile(plan.buffers, arch) for launch in plan.launches]\n"
+        "quant, gemm = kernels(90)\n"
+        "ptx = gemm.asm['ptx']; assert 'wgmma.mma_async' in ptx and 'e4m3.e4m3' in ptx, 'no FP8 wgmma'\n"
+        "assert 'div.rn.f32' in quant.asm['ptx']  # IEEE division\n"
+        "quant, gemm = kernels(90, g=16, sf='fp8_e4m3')\n"
+        "assert 'wgmma.mma_async' in gemm.asm['ptx'] and gemm.asm['cubin']\n"
+        "quant, gemm = kernels(89, g=128, af='fp8_e4m3')\n"
+        "assert 'mma.sync' in gemm.asm['ptx'] and 'e4m3' in gemm.asm['ptx'] and 'div.rn.f32' in quant.asm['ptx']\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -227,17 +227,19 @@ def test_kernels_compile_ahead_of_time_for_sm90_and_sm89():
     """What a TensorRT plugin does: triton.compile(ASTSource(...)) for a fixed signature and target, on a
     machine without a GPU (the interpreter is off in the subprocess: it replaces triton.jit)."""
     res = _run("""
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource, compile
-        from trtq.kernels import aot
+        from trtq.plugins.plans import winograd_plan
+        from trtq.plugins.specs import WinogradAttrs
         # F(2,3)'s input transform keeps the compile short for CI; the GEMM is F(4,3)'s.
-        kernels = dict(aot.plugin_signatures(tile=2, group_size=32, groups=10))
-        kernels["gemm"] = aot.plugin_signatures(tile=4, group_size=32, groups=10)["gemm"]
+        def plan(tile):
+            attrs = WinogradAttrs(tile=tile, pads=(1, 1), group_size=32, act_granularity="group")
+            return winograd_plan(attrs, (2, 320, 16, 16), (tile + 2, tile + 2, 64, 320), "float16", True, False)
+        p2, p4 = plan(2), plan(4)
+        kernels = {"input": (p2, p2.launches[0]), "gemm": (p4, p4.launches[1])}
         for arch in (90, 89):
-            for name, (fn, sig, const, opts) in kernels.items():
+            for name, (p, launch) in kernels.items():
                 if arch == 89 and name == "input":
                     continue  # the same FP32 code on both; the GEMM's MMA is what differs
-                k = compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", arch, 32), options=opts)
+                k = launch.compile(p.buffers, arch)
                 ptx = k.asm["ptx"]
                 assert f".target sm_{arch}" in ptx and k.metadata.shared >= 0 and len(k.asm["cubin"]) > 0
                 mma = "wgmma" if arch == 90 else "mma.sync"
