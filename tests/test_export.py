@@ -232,6 +232,12 @@ def test_manifest_summary_and_model_left_untouched(tmp_path):
     assert m["model"]["fingerprint"] == trtq.artifact.module_fingerprint(net)
     assert m["profiles"]["sample"] == {"min": [1, 4, res, res], "opt": [2, 4, res, res], "max": [8, 4, res, res]}
     assert [p["name"] for p in m["plugins"]] == ["FP4GroupGemm"] and m["plugins"][0]["version"] == "1"
+    # dynamic NVFP4 scales need the activation-quantization kernel's workspace: no ahead-of-time plugin
+    assert m["plugins"][0]["aot_nodes"] == 0
+    nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "FP4GroupGemm"]
+    present = {onnx.helper.get_attribute_value(a).decode() for n in nodes for a in n.attribute
+               if a.name == "inputs_present"}
+    assert present and all(len(v) == 6 and v[:3] == "111" for v in present)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
     s = summarize(out)
     assert s["plugins"]["trtq::FP4GroupGemm"] == m["plugins"][0]["nodes"]
@@ -309,3 +315,23 @@ def test_cli_export_from_artifact_and_inspect(tmp_path, capsys):
     assert m["artifact"] == str(art) and m["model"]["name"] == "digits-dit"
     cmd_inspect_onnx(argparse.Namespace(path=str(out / "model.onnx"), json=True))
     assert json.loads(capsys.readouterr().out)["plugins"]["trtq::FP4GroupGemm"] > 0
+
+
+def test_fp4_nodes_that_run_as_one_kernel_are_marked_aot(tmp_path):
+    """FP32 dynamic group scales with groups smaller than K: the GEMM quantizes its own activations
+    (trtq.plugins.plans.fp4_aot_plan), so TensorRT can take the kernel ahead of time and the node says so;
+    where g = K (one group per row) the separate quantization kernel is needed, and aot stays 0."""
+    net, sig, res = _quantized("dit", "w4a4-fp4-minmax")
+    out = export_onnx(net, tmp_path / "onnx", dtype="float32")
+    proto = onnx.load(str(out / "model.onnx"))
+    dims = {i.name: list(i.dims) for i in proto.graph.initializer}
+    seen = set()
+    for n in (n for n in proto.graph.node if n.op_type == "FP4GroupGemm"):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        k = 2 * dims[n.input[1]][1]
+        assert attrs["aot"] == int(attrs["group_size"] < k), (n.name, k, attrs["aot"])
+        seen.add(attrs["aot"])
+    assert seen == {0, 1}
+    m = json.loads((out / "manifest.json").read_text())
+    fp4 = next(p for p in m["plugins"] if p["name"] == "FP4GroupGemm")
+    assert 0 < fp4["aot_nodes"] < fp4["nodes"]

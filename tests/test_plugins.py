@@ -198,3 +198,104 @@ def test_kernels_fingerprint_names_the_plugin_version():
     fp = plugins.kernels_fingerprint()
     assert fp.startswith(plugins.PLUGIN_VERSION + "-") and len(fp.split("-")[1]) == 16
     assert fp == plugins.kernels_fingerprint()
+
+
+# --- the plans computed: in Triton's interpreter here (the same grids, arguments, workspaces; the GPU runs
+# them from PTX through the cuda-python harness in tests/test_plugins_gpu.py) ------------------------------
+
+from trtq.kernels.fp4_gemm import INTERPRETED  # noqa: E402
+
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs the kernels in Triton's CPU interpreter "
+                                 "(TRITON_INTERPRET=1, set by conftest where there is no GPU)")
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@interpreted
+@pytest.mark.parametrize("tile, scales", [(2, "position-group"), (4, "group"), (6, "static")])
+def test_winograd_plans_compute_the_op(tile, scales):
+    import torch
+
+    from trtq.ops.winograd_conv import winograd_conv_int8_reference
+    from trtq.plugins.harness import interpret_plan
+    from trtq.winograd.conv import transform_weight
+    from trtq.winograd.quant import quantize_weight
+    from trtq.winograd.transforms import winograd_matrices
+
+    gen = torch.Generator().manual_seed(tile)
+    n, cin, cout, g = tile + 2, 64, 20, 32
+    at, gm, bt = winograd_matrices(tile)
+    codes, w_scale = quantize_weight(transform_weight(torch.randn(cout, cin, 3, 3, generator=gen), gm), g, "group")
+    x = torch.randint(-4, 5, (2, cin, 9, 7), generator=gen).float()  # B^T d B exact: every code is determined
+    static = scales == "static"
+    act_scale = torch.rand(n, n, cin // g, generator=gen) + 0.5 if static else None
+    bias = torch.randn(cout, generator=gen)
+    gran = "group" if static else scales
+    inputs = {"x": x, "w_int8": codes.contiguous(), "w_scale": w_scale.float().contiguous(), "bias": bias,
+              "at": at.float().contiguous(), "bt": bt.float().contiguous()}
+    if static:
+        inputs["act_scale"] = act_scale
+    attrs = WinogradAttrs(tile, (1, 1), g, gran)
+    plan = winograd_plan(attrs, tuple(x.shape), tuple(codes.shape), "float32", True, static)
+    got = interpret_plan(plan, inputs)
+    want = winograd_conv_int8_reference(x, codes, w_scale, bias, at, bt, tile, [1, 1], g, gran, act_scale)
+    assert torch.isfinite(got).all() and _rel(got, want) < 1e-5, _rel(got, want)
+
+
+@interpreted
+@pytest.mark.parametrize("af, sf, g, static, aot", [
+    ("fp4_e2m1", "fp8_e4m3", 16, False, False),  # NVFP4: activation quantization kernel + GEMM
+    ("fp4_e2m1", "float32", 32, False, True),  # fused quantization: the one-kernel (ahead-of-time) entry
+    ("fp4_e2m1", "float32", 32, True, True),
+    ("none", "float32", 32, False, True),  # W4A16
+    ("fp4_e2m1", "float32", 64, False, False),  # per channel (g = K): quantization kernel + GEMM
+])
+def test_fp4_plans_compute_the_op(af, sf, g, static, aot):
+    import torch
+
+    from trtq.formats import get_format, pack_4bit
+    from trtq.fp4 import group_amax, quantize_groups, scales_from_amax
+    from trtq.ops.fp4_gemm import reference
+    from trtq.plugins.harness import interpret_plan
+    from trtq.plugins.plans import fp4_aot_plan
+    from trtq.quantizer import double_quantize_scale
+
+    gen = torch.Generator().manual_seed(g)
+    m, n, k = 9, 40, 64
+    w = torch.randn(n, k, generator=gen)
+    fp8 = None if sf == "float32" else sf
+    scale = scales_from_amax(group_amax(w, g), "fp4_e2m1", fp8)
+    stored, tensor_scale = scale, None
+    if fp8:
+        stored, tensor_scale, scale = double_quantize_scale(scale, fp8)
+    packed = pack_4bit(get_format("fp4_e2m1").encode(quantize_groups(w, scale, "fp4_e2m1", g)))
+    x = torch.randn(1, m, k, generator=gen) * 3
+    bias = torch.randn(n, generator=gen)
+    act_scale = torch.rand(k // g, generator=gen) + 0.2 if static else None
+    attrs = FP4GemmAttrs("fp4_e2m1", af, g, sf, 1.0)
+    make = fp4_aot_plan if aot else fp4_plan
+    plan = make(attrs, tuple(x.shape), tuple(packed.shape), "float32", True, tensor_scale is not None, static)
+    assert plan.aot_ready == aot
+    inputs = {"x": x, "weight_packed": packed, "weight_scale": stored.contiguous(), "bias": bias}
+    if tensor_scale is not None:
+        inputs["weight_tensor_scale"] = tensor_scale.float().reshape(())
+    if static:
+        inputs["act_scale"] = act_scale
+    got = interpret_plan(plan, inputs)
+    want = reference(x, packed, stored, tensor_scale, bias, act_scale, "fp4_e2m1", af, g, sf, 1.0)
+    assert torch.isfinite(got).all() and _rel(got, want) < 1e-5, _rel(got, want)
+    if aot:  # TensorRT's order: the node's six inputs, then M and N, then the output
+        launch = plan.launches[0]
+        assert launch.params == ["x_ptr", "w_ptr", "w_scale_ptr", "w_tensor_scale_ptr", "bias_ptr", "a_scale_ptr",
+                                 "M", "N", "out_ptr"]
+
+
+def test_fp4_aot_plan_refuses_the_two_kernel_cases():
+    f = FP4GemmAttrs.parse({**FP4, "group_size": 16, "scale_format": "fp8_e4m3"})
+    with pytest.raises(TrtqError, match="no single-kernel"):
+        fp4_aot_plan(f, (4, 64), (32, 32), "bfloat16", True, True, False)
+
+
+from trtq.plugins.plans import fp4_aot_plan  # noqa: E402

@@ -319,6 +319,8 @@ def build_manifest(proto, model, sig: DenoiserSignature, dtype, dynamic, batch, 
             prof[level] = dims
         profiles[spec["name"]] = prof
     plugins = Counter(n.op_type for n in proto.graph.node if n.domain == twins.PLUGIN_DOMAIN)
+    aot = Counter(n.op_type for n in proto.graph.node if n.domain == twins.PLUGIN_DOMAIN
+                  and any(a.name == "aot" and a.i == 1 for a in n.attribute))
     return {
         "format_version": FORMAT_VERSION,
         "kind": "trtq-onnx",
@@ -333,7 +335,7 @@ def build_manifest(proto, model, sig: DenoiserSignature, dtype, dynamic, batch, 
         "outputs": [_value_spec(v) for v in proto.graph.output],
         "profiles": profiles,
         "plugins": [{"name": name, "namespace": twins.PLUGIN_DOMAIN, "version": twins.PLUGIN_VERSION,
-                     "nodes": count, "aot": False, "attributes": list(twins.PLUGINS[name][1]),
+                     "nodes": count, "aot_nodes": aot[name], "attributes": list(twins.PLUGINS[name][1]),
                      "local_function": True} for name, count in sorted(plugins.items())],
         "export_seconds": round(seconds, 3),
         "versions": {"trtq": __version__, "torch": torch.__version__, "onnx": onnx.__version__},

@@ -12,8 +12,9 @@ ONNX exporter emits for it:
     FP4GroupGemm            [Hadamard rotation in standard ops] -> one trtq::FP4GroupGemm node (plugin).
 
 Plugin nodes carry `plugin_version` / `plugin_namespace` (what TensorRT's ONNX parser reads for plugins),
-`aot = 0` (TensorRT runs the plugins' JIT implementation: see trtq/plugins/tensorrt_defs.py for what an
-ahead-of-time one still needs) and a private `trtq_overload` attribute that the
+`inputs_present` (one 0/1 per formal input: which optional inputs the node has, for the plugins), `aot` (1 where an ahead-of-time implementation exists: FP4 nodes whose GEMM quantizes its own activations
+or keeps them float, see `aot_eligible`; 0 elsewhere: TensorRT then runs the plugin's JIT implementation)
+and a private `trtq_overload` attribute that the
 exporter turns into the node's function overload (the key of the local function holding its decomposition).
 """
 
@@ -84,12 +85,25 @@ class _PluginFn(torch.autograd.Function):
         sizes = tensors[0].type().varyingSizes()  # None where symbolic (batch, resolution)
         rank = len(sizes)
         out = g.op(f"{PLUGIN_DOMAIN}::{op_type}", *vals, **_attr_kwargs(attrs), plugin_version_s=PLUGIN_VERSION,
-                   plugin_namespace_s=PLUGIN_DOMAIN, aot_i=0,
+                   plugin_namespace_s=PLUGIN_DOMAIN, aot_i=int(aot_eligible(op_type, attrs, present, tensors)),
+                   inputs_present_s="".join("1" if p else "0" for p in present),
                    trtq_overload_s=plugin_overload(op_type, attrs, tuple(present), rank))
         # The activation's dtype, and the output sizes the exporter can know (downstream ops such as diffusers'
         # squeeze(1) export an If node where a size is unknown).
         out.setType(tensors[0].type().with_sizes(_output_sizes(op_type, attrs, sizes, tensors[1:])))
         return out
+
+
+def aot_eligible(op_type: str, attrs: dict, present, tensors) -> bool:
+    """Whether the node runs as one kernel without workspace (`trtq.plugins.plans.fp4_aot_plan`): FP4 W4A16, or
+    W4A4/W4A8 with FP32 or static activation scales and groups smaller than K. Winograd nodes never do (an
+    input-transform kernel writes a workspace the GEMM reads)."""
+    if op_type != "FP4GroupGemm":
+        return False
+    k = tensors[1].type().sizes()[1] * 2  # weight_packed [N, K/2] (x and weight_packed are always present)
+    static = present[5]  # act_scale given: static activation scales
+    fused_ok = attrs["group_size"] < k and (attrs["scale_format"] == "float32" or static)
+    return attrs["act_format"] == "none" or fused_ok
 
 
 def _output_sizes(op_type: str, attrs: dict, sizes: list, params) -> list:

@@ -284,6 +284,28 @@ def fp4_gemm_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def fp4_gemm_plugin_entry(
+    x_ptr, w_ptr, w_scale_ptr, w_tensor_scale_ptr, bias_ptr, a_scale_ptr, M, N, out_ptr,
+    K: tl.constexpr, ACT_CLIP: tl.constexpr, GROUP: tl.constexpr, ONE_GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_LUT_LO: tl.constexpr, W_LUT_HI: tl.constexpr, W_SCALE_FP8: tl.constexpr,
+    A_MODE: tl.constexpr, A_STATIC: tl.constexpr,
+    A_MAN_BITS: tl.constexpr, A_MIN_EXP: tl.constexpr, A_MAX: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """`fp4_gemm_kernel` with its parameters in TensorRT's ahead-of-time plugin order: the node's six inputs
+    (x, weight_packed, weight_scale, weight_tensor_scale, bias, act_scale), the int32 extra arguments (M, N),
+    the output. For the one-kernel cases only (A_MODE float or fused: no activation-quantization workspace);
+    contiguous tensors, so every stride follows from K, GROUP and N; act_clip is a node attribute, hence a
+    constexpr here. Absent inputs are never read (HAS_BIAS, A_STATIC, W_SCALE_FP8 say which are there)."""
+    fp4_gemm_kernel(
+        x_ptr, a_scale_ptr, w_scale_ptr, w_ptr, w_scale_ptr, w_tensor_scale_ptr, bias_ptr, out_ptr,
+        M, N, K, ACT_CLIP, K, 1, 0, 1, K // 2, K // GROUP, 1, N, 1,
+        GROUP, ONE_GROUP, BLOCK_K, W_LUT_LO, W_LUT_HI, W_SCALE_FP8, A_MODE, A_STATIC, A_MAN_BITS, A_MIN_EXP, A_MAX,
+        False, HAS_BIAS, DOT_IEEE, BLOCK_M, BLOCK_N, GROUP_M)
+
+
 fp4_gemm_kernel_tuned = triton.autotune(
     configs=_gemm_configs(), key=["M", "N", "K", "GROUP", "A_MODE", "ONE_GROUP", "W_SCALE_FP8"])(fp4_gemm_kernel)
 

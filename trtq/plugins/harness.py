@@ -93,6 +93,14 @@ def run_plan(plan: LaunchPlan, inputs: dict[str, torch.Tensor], arch: int | None
     if arch is None:
         major, minor = torch.cuda.get_device_capability()
         arch = 10 * major + minor
+    tensors = _buffers(plan, inputs)
+    for step in plan.launches:
+        launch(step, plan, tensors, arch)
+    return tensors[plan.output]
+
+
+def _buffers(plan: LaunchPlan, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inputs, checked against the plan, plus freshly allocated workspaces and output (poisoned)."""
     tensors = dict(inputs)
     device = next(iter(inputs.values())).device
     for b in plan.buffers.values():
@@ -105,6 +113,15 @@ def run_plan(plan: LaunchPlan, inputs: dict[str, torch.Tensor], arch: int | None
             tensors[b.name] = torch.empty(b.shape, dtype=_TORCH_DTYPES[b.dtype], device=device)
     if plan.buffers[plan.output].dtype in ("float32", "float16", "bfloat16"):
         tensors[plan.output].fill_(float("nan"))  # poisoned: every element must be written
+    return tensors
+
+
+def interpret_plan(plan: LaunchPlan, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The plan's launches in Triton's CPU interpreter (TRITON_INTERPRET=1 before the kernels are imported), on
+    CPU tensors: the same grids, arguments and workspaces as `run_plan`, so CI checks every plan's bindings
+    against the op without a GPU (only the PTX and the driver launch are left to `run_plan`)."""
+    tensors = _buffers(plan, inputs)
     for step in plan.launches:
-        launch(step, plan, tensors, arch)
+        args = {p: tensors[v] if isinstance(v, str) else v for p, v in step.args.items()}
+        step.fn[step.grid](**args, **step.constexprs)  # by name: constexprs sit between run-time parameters
     return tensors[plan.output]

@@ -248,3 +248,27 @@ def fp4_plan(attrs: FP4GemmAttrs, x_shape: tuple[int, ...], wp_shape: tuple[int,
     launches.append(Launch(fk.fp4_gemm_kernel, const, {"num_warps": warps, "num_stages": stages},
                            (cdiv(m, bm) * cdiv(n, bn), 1, 1), args))
     return LaunchPlan(buffers, tuple(launches))
+
+
+def fp4_aot_plan(attrs: FP4GemmAttrs, x_shape: tuple[int, ...], wp_shape: tuple[int, ...], dtype: str,
+                 has_bias: bool, has_tensor_scale: bool, has_act_scale: bool, tactic: int = 0) -> LaunchPlan:
+    """One FP4GroupGemm node as the single kernel TensorRT's ahead-of-time path takes: `fp4_gemm_plugin_entry`,
+    arguments in TensorRT's order (the six inputs, then M and N, then the output). Only where no activation
+    quantization workspace is needed: W4A16, or activations quantized in the GEMM's A-load (FP32 scales, or
+    static scales, and groups smaller than K)."""
+    from trtq.kernels import fp4_gemm as fk
+
+    fused = fp4_plan(attrs, x_shape, wp_shape, dtype, has_bias, has_tensor_scale, has_act_scale,
+                     fuse_act_quant=True, tactic=tactic)
+    if not fused.aot_ready:
+        raise TrtqError(f"trtq::FP4GroupGemm with act_format {attrs.act_format}, scale_format {attrs.scale_format}, "
+                        f"group_size {attrs.group_size} (K = {wp_shape[1] * 2}) needs a separate activation-"
+                        "quantization kernel and its workspace: no single-kernel (ahead-of-time) plan")
+    gemm = fused.launches[0]
+    const = {k: v for k, v in gemm.constexprs.items() if k != "HAS_ROW_SCALE"} | {"ACT_CLIP": float(attrs.act_clip)}
+    dummy = "weight_scale"
+    args = dict(x_ptr="x", w_ptr="weight_packed", w_scale_ptr="weight_scale",
+                w_tensor_scale_ptr="weight_tensor_scale" if has_tensor_scale else dummy,
+                bias_ptr="bias" if has_bias else dummy, a_scale_ptr="act_scale" if has_act_scale else dummy,
+                M=gemm.args["M"], N=gemm.args["N"], out_ptr="y")
+    return LaunchPlan(fused.buffers, (Launch(fk.fp4_gemm_plugin_entry, const, gemm.options, gemm.grid, args),))

@@ -5,11 +5,16 @@ here has run: TensorRT cannot be installed on the machines this was written on (
 is verified where). The logic it calls (attribute parsing, shape rules, the kernels through the torch ops) is
 tested without TensorRT.
 
-Implementation: `impl` (JIT, Python at run time) calls the torch op, which runs the same Triton kernels as
-the launch plans. An `aot_impl` (PTX in the engine, no Python at run time) needs kernels whose parameters
-come in TensorRT's order (inputs, int32 extra arguments, outputs) and plans of one kernel without workspace
-(`LaunchPlan.aot_ready`); the exporter therefore writes `aot = 0` on the nodes until those entry kernels
-exist. Autotune: the formats and the tile configs of the plans are the tactics.
+Implementations: `impl` (JIT, Python at run time) calls the torch op, which runs the same Triton kernels as
+the launch plans. `aot_impl` (PTX in the engine, no Python at run time) exists for FP4GroupGemm nodes that run
+as one kernel without workspace (`trtq.plugins.plans.fp4_aot_plan`: W4A16, or activations quantized in the
+GEMM's A-load); the exporter marks exactly those nodes `aot = 1`. Its kernel, `fp4_gemm_plugin_entry`, takes
+its parameters in TensorRT's order (inputs, int32 extra arguments M and N, output); the plan is checked in
+Triton's interpreter in CI. Triton >= 3.3 appends two scratch-pointer parameters to every kernel (unused
+here); whether TensorRT's AOT launch supplies them is not verified. Winograd nodes are JIT only (two kernels
+and a workspace). Absent optional inputs (bias, act_scale, weight_tensor_scale) are read from the node's
+`inputs_present` attribute, the exporter's record of which inputs are present; whether TensorRT's parser
+hands a QDP plugin empty optional inputs is not verified. Autotune: the formats and the tile configs of the plans are the tactics.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 
 import trtq.ops.fp4_gemm  # noqa: F401  (registers torch.ops.trtq.fp4_group_gemm)
 import trtq.ops.winograd_conv  # noqa: F401  (registers torch.ops.trtq.winograd_conv_int8)
-from trtq.plugins.plans import FP4_GEMM_CONFIGS, WINOGRAD_GEMM_CONFIGS
+from trtq.plugins.plans import FP4_GEMM_CONFIGS, WINOGRAD_GEMM_CONFIGS, fp4_aot_plan
 from trtq.plugins.specs import FP4GemmAttrs, WinogradAttrs
 
 _FLOAT = "FP32|FP16|BF16"
@@ -31,6 +36,17 @@ _FLOAT = "FP32|FP16|BF16"
 
 def _torch(t: Any) -> torch.Tensor:
     return torch.as_tensor(t, device="cuda")
+
+
+def _present(inputs_present: str, n: int) -> tuple[bool, ...]:
+    """Which of the node's n formal inputs are present (the exporter's `inputs_present` attribute, "1101..")."""
+    if len(inputs_present) != n or set(inputs_present) - {"0", "1"}:
+        raise ValueError(f"inputs_present {inputs_present!r} should be {n} characters of 0/1")
+    return tuple(c == "1" for c in inputs_present)
+
+
+def _maybe(t: Any, present: bool) -> torch.Tensor | None:
+    return _torch(t) if present else None
 
 
 def _attrs_dict(**kwargs: Any) -> dict:
@@ -41,7 +57,7 @@ def _attrs_dict(**kwargs: Any) -> dict:
 @trtp.register("trtq::WinogradConvInt8")
 def winograd_desc(x: trtp.TensorDesc, w_int8: trtp.TensorDesc, w_scale: trtp.TensorDesc, bias: trtp.TensorDesc,
                   at: trtp.TensorDesc, bt: trtp.TensorDesc, act_scale: trtp.TensorDesc, tile: int,
-                  pads: np.ndarray, group_size: int, act_granularity: str) -> trtp.TensorDesc:
+                  pads: np.ndarray, group_size: int, act_granularity: str, inputs_present: str) -> trtp.TensorDesc:
     attrs = WinogradAttrs.parse(_attrs_dict(tile=tile, pads=pads, group_size=group_size,
                                             act_granularity=act_granularity))
     out = x.like()
@@ -64,11 +80,12 @@ def winograd_autotune(x, w_int8, w_scale, bias, at, bt, act_scale, outputs) -> l
 
 @trtp.impl("trtq::WinogradConvInt8")
 def winograd_impl(x, w_int8, w_scale, bias, at, bt, act_scale, tile: int, pads: np.ndarray, group_size: int,
-                  act_granularity: str, outputs, stream: int, tactic: int) -> None:
+                  act_granularity: str, inputs_present: str, outputs, stream: int, tactic: int) -> None:
+    has = _present(inputs_present, 7)
     with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-        y = torch.ops.trtq.winograd_conv_int8(_torch(x), _torch(w_int8), _torch(w_scale), _torch(bias), _torch(at),
-                                              _torch(bt), int(tile), [int(p) for p in pads], int(group_size),
-                                              str(act_granularity), _torch(act_scale))
+        y = torch.ops.trtq.winograd_conv_int8(_torch(x), _torch(w_int8), _torch(w_scale), _maybe(bias, has[3]),
+                                              _torch(at), _torch(bt), int(tile), [int(p) for p in pads],
+                                              int(group_size), str(act_granularity), _maybe(act_scale, has[6]))
         _torch(outputs[0]).copy_(y)
 
 
@@ -77,7 +94,7 @@ def winograd_impl(x, w_int8, w_scale, bias, at, bt, act_scale, tile: int, pads: 
 def fp4_desc(x: trtp.TensorDesc, weight_packed: trtp.TensorDesc, weight_scale: trtp.TensorDesc,
              weight_tensor_scale: trtp.TensorDesc, bias: trtp.TensorDesc, act_scale: trtp.TensorDesc,
              weight_format: str, act_format: str, group_size: int, scale_format: str,
-             act_clip: float) -> trtp.TensorDesc:
+             act_clip: float, inputs_present: str) -> trtp.TensorDesc:
     FP4GemmAttrs.parse(_attrs_dict(weight_format=weight_format, act_format=act_format, group_size=group_size,
                                    scale_format=scale_format, act_clip=act_clip))
     out = x.like()
@@ -97,14 +114,47 @@ def fp4_autotune(x, weight_packed, weight_scale, weight_tensor_scale, bias, act_
 
 @trtp.impl("trtq::FP4GroupGemm")
 def fp4_impl(x, weight_packed, weight_scale, weight_tensor_scale, bias, act_scale, weight_format: str,
-             act_format: str, group_size: int, scale_format: str, act_clip: float, outputs, stream: int,
-             tactic: int) -> None:
+             act_format: str, group_size: int, scale_format: str, act_clip: float, inputs_present: str, outputs,
+             stream: int, tactic: int) -> None:
+    has = _present(inputs_present, 6)
     with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
         y = torch.ops.trtq.fp4_group_gemm(_torch(x), _torch(weight_packed), _torch(weight_scale),
-                                          _torch(weight_tensor_scale), _torch(bias), _torch(act_scale),
+                                          _maybe(weight_tensor_scale, has[3]), _maybe(bias, has[4]),
+                                          _maybe(act_scale, has[5]),
                                           str(weight_format), str(act_format), int(group_size), str(scale_format),
                                           float(act_clip))
         _torch(outputs[0]).copy_(y)
 
 
-__all__ = ["trt", "winograd_desc", "fp4_desc"]
+_TRT_DTYPES = {trt.float32: "float32", trt.float16: "float16", trt.bfloat16: "bfloat16", trt.int8: "int8",
+               trt.uint8: "uint8"}
+
+
+@trtp.aot_impl("trtq::FP4GroupGemm")
+def fp4_aot_impl(x, weight_packed, weight_scale, weight_tensor_scale, bias, act_scale, weight_format: str,
+                 act_format: str, group_size: int, scale_format: str, act_clip: float, inputs_present: str,
+                 outputs, tactic: int) -> tuple:
+    has = _present(inputs_present, 6)
+    attrs = FP4GemmAttrs.parse(_attrs_dict(weight_format=weight_format, act_format=act_format,
+                                           group_size=group_size, scale_format=scale_format, act_clip=act_clip))
+    # The plan needs concrete sizes for K and N (constexprs / weights, fixed); M is symbolic: plan with M = 1
+    # and take the grid's N part from the plan, the M part from TensorRT's expression.
+    k, n = 2 * weight_packed.shape_expr[1].constant_value, weight_packed.shape_expr[0].constant_value
+    plan = fp4_aot_plan(attrs, (1, k), (n, k // 2), _TRT_DTYPES[x.dtype], has[4], has[3], has[5],
+                        tactic=max(tactic - 1, 0))
+    launch = plan.launches[0]
+    major, minor = torch.cuda.get_device_capability()
+    compiled = launch.compile(plan.buffers, 10 * major + minor)
+    m = x.shape_expr[0]
+    for i in range(1, x.ndim - 1):
+        m = m * x.shape_expr[i]
+    block_m, block_n = launch.constexprs["BLOCK_M"], launch.constexprs["BLOCK_N"]
+    params = trtp.KernelLaunchParams()
+    params.grid_x = trtp.cdiv(m, block_m) * ((n + block_n - 1) // block_n)
+    params.block_x = compiled.metadata.num_warps * 32
+    params.shared_mem = compiled.metadata.shared
+    extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(m), trtp.SymInt32(n)])
+    return compiled.metadata.name.encode(), compiled.asm["ptx"].encode(), params, extra
+
+
+__all__ = ["trt", "winograd_desc", "fp4_desc", "fp4_aot_impl"]
