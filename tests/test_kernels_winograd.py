@@ -275,3 +275,16 @@ def test_benchmark_enumerates_the_sd15_3x3_convs():
     for expected in [(4, 320, 64), (320, 320, 64), (1280, 1280, 8), (2560, 1280, 16), (320, 4, 64)]:
         assert ConvShape(2, expected[0], expected[1], expected[2], expected[2], 1) in shapes
     assert {s.h for s in shapes} == {64, 32, 16, 8}
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter check; on a GPU the benchmark compares the variants")
+def test_positions_input_kernel_gives_the_reference_codes_and_scales():
+    """The candidate input kernel (TRTQ_WINOGRAD_INPUT=positions: whole tiles per thread, one load and one
+    store) against the reference, every granularity, in a fresh interpreter process (the variant is chosen
+    at import)."""
+    env = {**os.environ, "TRTQ_WINOGRAD_INPUT": "positions", "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "input_stage or rounding or batch_invariant or learned"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert " passed" in res.stdout and "failed" not in res.stdout

@@ -148,7 +148,8 @@ def winograd_plan(attrs: WinogradAttrs, x_shape: tuple[int, ...], w_shape: tuple
 
     block_c = 32 if mode == 0 else min(wk._pow2(g), 128)
     in_const = dict(GROUP_SIZE=g, GROUPS=groups, N_SIDE=n, TILE=tile, SCALE_MODE=mode,
-                    BLOCK_T=WINOGRAD_INPUT_CONFIG["BLOCK_T"], BLOCK_C=block_c, NP=wk._pow2(n))
+                    BLOCK_T=WINOGRAD_INPUT_CONFIG["BLOCK_T"], BLOCK_C=block_c, NP=wk._pow2(n),
+                    LOG_NP=wk._pow2(n).bit_length() - 1)
     in_args = dict(x_ptr="x", bt_ptr="bt", vq_ptr="vq", sa_out_ptr="bt" if has_act_scale else "sa",
                    scale_in_ptr="act_scale" if has_act_scale else "bt", amax_ptr="bt",
                    C=cin, H=h, W=w, sxn=cin * h * w, sxc=h * w, sxh=w, sxw=1, pad_h=ph, pad_w=pw, tiles_h=th,
