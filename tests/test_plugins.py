@@ -167,7 +167,7 @@ def test_plans_compile_to_ptx_whose_entry_takes_the_plan_arguments():
         for arch in (90, 89):
             for plan in plans:
                 for launch in plan.launches:
-                    if arch == 89 and launch.fn.__name__ == "winograd_input_kernel":
+                    if arch == 89 and launch.fn.__name__.startswith("winograd_input_kernel"):
                         continue  # the same FP32 code on both; the MMAs are what differ
                     k = launch.compile(plan.buffers, arch)
                     ptx = k.asm["ptx"]
