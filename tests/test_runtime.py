@@ -19,6 +19,7 @@ import torch
 
 import trtq
 from trtq import TrtqError
+from trtq.nn import QuantLinear
 from trtq.pipeline import DigitsPipeline, balanced_labels
 from trtq.runtime import AcceleratedDenoiser, accelerate, denoiser_attr, restore
 from trtq.runtime.backends import tensorrt_missing
@@ -177,15 +178,40 @@ def test_zoo_onnxruntime_close_to_eager_and_profile_limits(zoo_dit, tmp_path):
 
 def test_torch_backend_traces_the_quantized_model(zoo_dit):
     """torch.compile through dynamo (the 'eager' compile backend keeps CI fast: inductor's CPU code generation
-    takes minutes on 2 cores); the compiled call gives the module's result."""
+    takes minutes on 2 cores); the compiled call gives the lowered module's result (its W8A8 linears as
+    trtq::int8_gemm), which is within float summation order of the fake-quantized one."""
     model, q = zoo_dit
     pipe = DigitsPipeline(model)
     accelerate(pipe, q, backend="torch", compile_backend="eager")
-    assert pipe.denoiser.backend == "torch" and not pipe.denoiser.runner.cuda_graphs
-    labels = balanced_labels(1)
-    assert torch.equal(pipe(labels, num_inference_steps=1, progress=False),
-                       pipe(labels, num_inference_steps=1, denoiser=q, progress=False))
+    runner = pipe.denoiser.runner
+    assert pipe.denoiser.backend == "torch" and not runner.cuda_graphs
+    assert runner.int8_linears == sum(isinstance(m, QuantLinear) for m in q.modules()) > 0
+    x, t, c = torch.randn(2, 1, 32, 32), torch.full((2,), 500.0), torch.tensor([1, 10])
+    with torch.no_grad():
+        got = pipe.denoiser(x, t, c).sample
+        assert torch.equal(got, runner.module(x, t, c).sample)
+        assert _rel(got, q(x, t, c).sample) < 0.02
+    assert pipe(balanced_labels(1), num_inference_steps=1, progress=False).shape == (1, 1, 32, 32)
     restore(pipe)
+
+
+def test_int8_gemm_lowering_matches_each_fake_quantized_linear(zoo_dit):
+    """Same codes and scales as the QuantLinear: per layer only float summation order differs."""
+    from trtq.runtime.lower import Int8Linear, int8_gemm_form, lower_int8_linears
+
+    _, q = zoo_dit
+    gen = torch.Generator().manual_seed(0)
+    forms = 0
+    for m in q.modules():
+        form = int8_gemm_form(m)
+        if form is None:
+            continue
+        forms += 1
+        x = torch.randn(8, m.in_features, generator=gen) * 3
+        assert _rel(form(x), m(x)) < 1e-5
+    lowered, n = lower_int8_linears(q)
+    assert n == forms > 0 and sum(isinstance(m, Int8Linear) for m in lowered.modules()) == n
+    assert not any(isinstance(m, Int8Linear) for m in q.modules())  # the user's module is untouched
 
 
 def test_auto_picks_a_backend_that_runs_here(zoo_dit):

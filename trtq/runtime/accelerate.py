@@ -81,8 +81,8 @@ def _device_of(module: nn.Module) -> torch.device:
 def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback: str | None = None,
                batch: tuple[int, int, int] = (1, 2, 8), resolution: tuple[int, int, int] | None = None,
                dtype: str | None = None, text_tokens: int | None = None, onnx_dir: str | Path | None = None,
-               cuda_graphs: bool | None = None,
-               compile_backend: str = "inductor", threads: int | None = None) -> Any:
+               cuda_graphs: bool | None = None, compile_backend: str = "inductor", int8_gemm: bool = True,
+               threads: int | None = None) -> Any:
     """Swap the pipeline's denoiser for an accelerated one with the same call, config and outputs; returns pipe.
 
     backend: "eager", "torch", "onnxruntime", "tensorrt", or "auto" (the first that works here, in the order
@@ -94,7 +94,8 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
     float16 on CUDA; text_tokens: the length of the prompt embeddings, fixed in the graph, default the pipeline
     tokenizer's model_max_length; onnx_dir keeps the export, default a temporary directory removed with the
     denoiser).
-    cuda_graphs, compile_backend: the torch backend (CUDA graphs default on when the model is on CUDA).
+    cuda_graphs, compile_backend, int8_gemm: the torch backend (CUDA graphs default on when the model is on
+    CUDA; int8_gemm: W8A8 linears as `trtq::int8_gemm`, see `trtq.runtime.lower`).
     threads: ONNX Runtime's intra-op threads.
     """
     attr = denoiser_attr(pipe)
@@ -140,8 +141,8 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
         try:
             runner = _make_runner(name, kind, module, graph_dir, original, device, batch=batch,
                                   resolution=resolution, dtype=dtype, text_tokens=text_tokens or _text_tokens(pipe),
-                                  onnx_dir=onnx_dir, cuda_graphs=cuda_graphs,
-                                  compile_backend=compile_backend, threads=threads)
+                                  onnx_dir=onnx_dir, cuda_graphs=cuda_graphs, compile_backend=compile_backend,
+                                  int8_gemm=int8_gemm, threads=threads)
             break
         except TrtqError as e:
             if backend != "auto":
@@ -156,8 +157,10 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
             raise TrtqError(f"fallback={fallback!r} needs the torch module behind the graph: give the artifact "
                             "(or the quantized module) instead of the graph, or an export whose manifest names "
                             "its artifact")
-        fb = B.TorchRunner(module, cuda_graphs=False, compile_backend=compile_backend) if fallback == "torch" \
-            else B.ModuleRunner(module)
+        if fallback == "torch":
+            fb = B.TorchRunner(module, cuda_graphs=False, compile_backend=compile_backend, int8_gemm=int8_gemm)
+        else:
+            fb = B.ModuleRunner(module)
     accelerated = AcceleratedDenoiser(original, runner, name, fb)
     accelerated.skipped_backends = reasons  # why "auto" passed over the faster ones, for reports
     if isinstance(getattr(runner, "_tmp_dir", None), str):
@@ -184,7 +187,7 @@ def _text_tokens(pipe: Any) -> int | None:
 
 
 def _make_runner(name: str, kind: str, module, graph_dir, original, device, *, batch, resolution, dtype,
-                 text_tokens, onnx_dir, cuda_graphs, compile_backend, threads):
+                 text_tokens, onnx_dir, cuda_graphs, compile_backend, int8_gemm, threads):
     from trtq.export.inputs import signature_of
 
     if name in ("eager", "torch"):
@@ -193,7 +196,7 @@ def _make_runner(name: str, kind: str, module, graph_dir, original, device, *, b
                             "the quantized module")
         if name == "eager":
             return B.ModuleRunner(module)
-        return B.TorchRunner(module, cuda_graphs=cuda_graphs, compile_backend=compile_backend)
+        return B.TorchRunner(module, cuda_graphs=cuda_graphs, compile_backend=compile_backend, int8_gemm=int8_gemm)
     signature = signature_of(original)
     if name == "onnxruntime":
         missing = B.onnxruntime_missing()
