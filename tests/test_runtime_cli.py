@@ -81,3 +81,35 @@ def test_percentile_is_numpys_linear():
     v = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
     for q in (0, 50, 90, 100):
         assert percentile(v, q) == pytest.approx(float(np.percentile(v, q)))
+
+
+def test_run_on_a_saved_diffusers_dit_folder(tmp_path, capsys):
+    """`trtq run --model DIR` on a DiTPipeline saved with save_pretrained (random weights), FP on eager and an
+    artifact for its transformer on ONNX Runtime; the images are the pipeline's own (PNG per label, grid)."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    import trtq
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from runtime_pipelines import build_pipeline, quantized_copy
+
+    pipe, _ = build_pipeline("dit")
+    pipe.save_pretrained(tmp_path / "dit")
+    q = quantized_copy(pipe.transformer)
+    trtq.save_artifact(q, tmp_path / "art", model_name="tiny-dit")
+    assert main(["run", "--model", str(tmp_path / "dit"), "--labels", "3,7", "--steps", "2", "--backend", "eager",
+                 "--out", str(tmp_path / "fp"), "--quiet"]) == 0
+    assert main(["run", "--model", str(tmp_path / "dit"), "--labels", "3,7", "--steps", "2", "--artifact",
+                 str(tmp_path / "art"), "--backend", "onnxruntime", "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    for run in ("fp", "q"):
+        report = json.loads((tmp_path / run / "run.json").read_text())
+        assert report["model"] == "DiTPipeline" and report["labels"] == [3, 7]
+        assert sorted(p.name for p in (tmp_path / run).glob("*.png")) == ["0000.png", "0001.png", "grid.png"]
+    assert json.loads((tmp_path / "q" / "run.json").read_text())["backend"] == "onnxruntime"
+    fp, qimg = (np.asarray(Image.open(tmp_path / r / "0000.png"), dtype=np.float32) for r in ("fp", "q"))
+    assert fp.shape == qimg.shape == (16, 16, 3) and np.abs(fp - qimg).max() > 0  # the artifact was used
+    assert main(["run", "--model", str(tmp_path / "dit"), "--prompt", "a cat", "--out", str(tmp_path / "x")]) == 2
+    assert "generates from class labels" in capsys.readouterr().err

@@ -30,7 +30,9 @@ latency.png / layers.png. On a CPU the numbers are labelled CPU numbers: they sa
 
 
 def _source_args(s) -> None:
-    s.add_argument("--model", required=True, help="zoo name (digits-unet, digits-dit) or local model directory")
+    s.add_argument("--model", required=True,
+                   help="zoo name (digits-unet, digits-dit), local zoo-layout model directory, or (run) a diffusers "
+                        "pipeline folder with model_index.json (SD 1.5, SDXL, DiT, PixArt-α)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--recipe", help="quantize with this recipe first (calibrating on the zoo sampler)")
     g.add_argument("--artifact", help="artifact directory written by `trtq quantize` for this model")
@@ -50,6 +52,8 @@ def add_runtime_parsers(subparsers) -> None:
     _source_args(s)
     s.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="default auto")
     s.add_argument("--labels", help="comma-separated class labels (default: --samples labels 0..9 in turn)")
+    s.add_argument("--prompt", action="append", default=[], help="a prompt (diffusers text-to-image folders; "
+                                                                 "repeatable: one image each)")
     s.add_argument("--samples", type=int, default=10, help="images when --labels is not given (default 10)")
     s.add_argument("--out", default="out/run", help="output directory (default out/run)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -111,6 +115,12 @@ def cmd_run(args) -> None:
     from trtq.runtime.generate import generate, parse_labels
 
     _check(args)
+    from trtq.runtime.generate import is_diffusers_folder
+
+    if is_diffusers_folder(args.model):
+        return _run_diffusers(args)
+    if args.prompt:
+        raise TrtqError("--prompt is for diffusers text-to-image folders; zoo models take --labels")
     if args.labels is None and not 1 <= args.samples <= 10_000:
         raise TrtqError(f"--samples must be in [1, 10000], got {args.samples}")
     model, source, label = _load(args)
@@ -120,6 +130,34 @@ def cmd_run(args) -> None:
                       seed=args.seed, progress=not args.quiet, fallback=args.fallback)
     print(f"{len(labels)} images ({label} on {model.name}, backend {report['backend']}, {report['device']}) in "
           f"{report['seconds']:.2f} s: {Path(args.out) / 'grid.png'}")
+
+
+def _run_diffusers(args) -> None:
+    from trtq.runtime.generate import generate_diffusers, load_diffusers_pipeline
+
+    if args.recipe is not None:
+        raise TrtqError("--recipe with a diffusers folder: quantize first (an artifact for its denoiser), then "
+                        "give --artifact")
+    labels = None
+    if args.labels:
+        labels = parse_labels_any(args.labels)
+    pipe = load_diffusers_pipeline(args.model, args.device)
+    source = args.artifact or args.onnx
+    report = generate_diffusers(pipe, source, Path(args.out), labels=labels, prompts=args.prompt or None,
+                                backend=args.backend, steps=args.steps, seed=args.seed, progress=not args.quiet,
+                                fallback=args.fallback)
+    print(f"{len(report['images'])} images ({report['model']}, backend {report['backend']}, {report['device']}) in "
+          f"{report['seconds']:.2f} s: {Path(args.out) / 'grid.png'}")
+
+
+def parse_labels_any(text: str) -> list[int]:
+    try:
+        labels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        labels = []
+    if not labels or min(labels) < 0:
+        raise TrtqError(f"--labels must be comma-separated non-negative integers, got {text!r}")
+    return labels
 
 
 def cmd_profile(args) -> None:

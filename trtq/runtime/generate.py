@@ -75,3 +75,66 @@ def generate(model, source, labels: torch.Tensor, out: Path, backend: str = "aut
               "images": files, "grid": "grid.png"}
     (out / "run.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+# ------------------------------------------------------------------------------------------ diffusers folders
+def is_diffusers_folder(path: str | Path) -> bool:
+    return (Path(path) / "model_index.json").is_file()
+
+
+def load_diffusers_pipeline(path: str | Path, device: str = "cpu"):
+    """A diffusers pipeline folder (model_index.json) of a class trtq runs: SD 1.5, SDXL, DiT, PixArt-α."""
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((Path(path) / "model_index.json").read_text())
+    cls = index.get("_class_name") if isinstance(index, dict) else None
+    if cls not in PIPELINE_CLASSES:
+        raise TrtqError(f"{path}: pipeline class {cls!r} is not one trtq runs ({', '.join(PIPELINE_CLASSES)})")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path))
+    except ImportError as e:  # e.g. SD's text encoder classes need `transformers`
+        raise TrtqError(f"{path}: {cls} cannot be loaded here: {' '.join(str(e).split())}") from None
+    return pipe.to(device)
+
+
+PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "DiTPipeline", "PixArtAlphaPipeline")
+
+
+def generate_diffusers(pipe, source, out: Path, labels: list[int] | None = None, prompts: list[str] | None = None,
+                       backend: str = "auto", steps: int = 20, seed: int = 0, progress: bool = True,
+                       **accelerate_kwargs) -> dict:
+    """Images from a diffusers pipeline on an accelerated denoiser: class labels for DiT, prompts otherwise
+    (one image each); PNGs, grid.png and run.json into `out`."""
+    from trtq.runtime import accelerate, restore
+
+    is_dit = type(pipe).__name__ == "DiTPipeline"
+    if is_dit and not labels:
+        raise TrtqError("a DiT pipeline generates from class labels: give --labels")
+    if not is_dit and not prompts:
+        raise TrtqError(f"a {type(pipe).__name__} generates from prompts: give --prompt (repeatable)")
+    n = len(labels) if is_dit else len(prompts)
+    accelerate_kwargs.setdefault("batch", (1, 2 * n, 2 * n))  # guidance doubles the batch
+    accelerate(pipe, source, backend=backend, **accelerate_kwargs)
+    attr_backend = getattr(pipe, "transformer" if hasattr(pipe, "transformer") else "unet").backend
+    pipe.set_progress_bar_config(disable=not progress)
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    try:
+        if is_dit:
+            result = pipe(class_labels=labels, num_inference_steps=steps, generator=gen)
+        else:
+            result = pipe(prompt=prompts, num_inference_steps=steps, generator=gen)
+    finally:
+        restore(pipe)
+    seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, img in enumerate(result.images):
+        files.append(f"{i:04d}.png")
+        img.save(out / files[-1])
+    grid(list(result.images), columns=min(n, 8)).save(out / "grid.png")
+    report = {"model": type(pipe).__name__, "backend": attr_backend, "labels": labels, "prompts": prompts,
+              "steps": steps, "seed": seed, "seconds": round(seconds, 3), "device": str(pipe.device),
+              "images": files, "grid": "grid.png"}
+    (out / "run.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
