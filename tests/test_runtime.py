@@ -156,7 +156,9 @@ def test_zoo_onnxruntime_close_to_eager_and_profile_limits(zoo_dit, tmp_path):
     accelerate(pipe, q, backend="onnxruntime", batch=(1, 4, 4), onnx_dir=tmp_path / "onnx", threads=1)
     assert (tmp_path / "onnx" / "model.onnx").is_file()
     x, t, c = torch.randn(4, 1, 32, 32), torch.full((4,), 500.0), torch.tensor([1, 2, 3, 10])
-    assert _rel(pipe.denoiser(x, t, c).sample, q(x, t, c).sample) < 0.02
+    out = pipe.denoiser(x, t, c)
+    assert type(out) is type(q(x, t, c)) and _rel(out.sample, q(x, t, c).sample) < 0.02
+    assert torch.equal(pipe.denoiser(x, timestep=t, class_labels=c, return_dict=False)[0], out.sample)
     assert _rel(pipe(labels, num_inference_steps=3, progress=False), eager) < bound
     with pytest.raises(TrtqError, match=r"sample of shape \[6, 1, 32, 32\] is outside .*max \[4, 1, 32, 32\]"):
         pipe(balanced_labels(3), num_inference_steps=1, progress=False)
@@ -170,7 +172,7 @@ def test_zoo_onnxruntime_close_to_eager_and_profile_limits(zoo_dit, tmp_path):
         accelerate(pipe, tmp_path / "onnx", backend="onnxruntime", fallback="eager")
 
     accelerate(pipe, q, backend="onnxruntime", batch=(1, 4, 4), fallback="eager")
-    with pytest.warns(UserWarning, match="outside .* running this call on the torch backend"):
+    with pytest.warns(UserWarning, match="outside .* running this call on the eager backend"):
         out = pipe(balanced_labels(3), num_inference_steps=2, progress=False)
     assert torch.equal(out, pipe(balanced_labels(3), num_inference_steps=2, denoiser=q, progress=False))
     restore(pipe)

@@ -29,6 +29,7 @@ def test_run_writes_pngs_grid_and_report(tmp_path, capsys):
     (["--steps", "0"], "--steps must be in"),
     (["--artifact", "/nonexistent"], "is not a directory"),
     (["--recipe", "no-such-recipe"], "no-such-recipe"),
+    (["--threads", "0"], "--threads must be in"),
 ])
 def test_run_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
     out = tmp_path / "run"
@@ -38,14 +39,24 @@ def test_run_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, me
     assert not out.exists()
 
 
-def test_profile_json_schema_and_plots(tmp_path):
+@pytest.fixture
+def keep_torch_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)  # --threads sets it for the process
+
+
+def test_profile_json_schema_and_plots(tmp_path, keep_torch_threads):
     out = tmp_path / "prof"
     assert main(["profile", "--model", "digits-dit", "--recipe", "w8a8-minmax", "--calib-samples", "2",
-                 "--steps", "1", "--warmup", "0", "--repeats", "2", "--backends", "eager,onnxruntime",
+                 "--steps", "1", "--warmup", "0", "--repeats", "2", "--threads", "1", "--backends", "eager,onnxruntime",
                  "--out", str(out)]) == 0
     report = json.loads((out / "profile.json").read_text())
     jsonschema.validate(report, PROFILE_JSON_SCHEMA)
-    assert report["cpu_numbers"] is True and "CPU" in report["device"]
+    assert report["cpu_numbers"] is True and report["device"].startswith("CPU") and "1 torch threads" in report["device"]
+    assert report["settings"]["onnxruntime_threads"] == 1
     rows = {(r["config"], r["backend"]) for r in report["latency"]}
     assert rows == {("fp32", "eager"), ("w8a8-minmax", "eager"), ("w8a8-minmax", "onnxruntime")}
     for r in report["latency"]:

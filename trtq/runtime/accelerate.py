@@ -161,7 +161,7 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
             fb = B.TorchRunner(module, cuda_graphs=False, compile_backend=compile_backend, int8_gemm=int8_gemm)
         else:
             fb = B.ModuleRunner(module)
-    accelerated = AcceleratedDenoiser(original, runner, name, fb)
+    accelerated = AcceleratedDenoiser(original, runner, name, fb, fallback if fb is not None else None)
     accelerated.skipped_backends = reasons  # why "auto" passed over the faster ones, for reports
     if isinstance(getattr(runner, "_tmp_dir", None), str):
         weakref.finalize(accelerated, shutil.rmtree, runner._tmp_dir, True)

@@ -41,6 +41,7 @@ def _source_args(s) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     s.add_argument("--calib-samples", type=int, default=20, help="calibration trajectories with --recipe")
+    s.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime (default: their own)")
     s.add_argument("--fallback", choices=["torch", "eager"],
                    help="run calls outside a graph's profile on this backend (with a warning) instead of failing")
 
@@ -78,6 +79,12 @@ def _check(args) -> None:
 
     if not 1 <= args.steps <= 1000:
         raise TrtqError(f"--steps must be in [1, 1000], got {args.steps}")
+    if args.threads is not None:
+        if not 1 <= args.threads <= 1024:
+            raise TrtqError(f"--threads must be in [1, 1024], got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     check_device(args.device)
     check_output_dir(Path(args.out), "--out")
     for flag in ("artifact", "onnx"):
@@ -127,7 +134,7 @@ def cmd_run(args) -> None:
     labels = parse_labels(args.labels, model.num_classes) if args.labels else balanced_labels(args.samples,
                                                                                              model.num_classes)
     report = generate(model, source, labels, Path(args.out), backend=args.backend, steps=args.steps,
-                      seed=args.seed, progress=not args.quiet, fallback=args.fallback)
+                      seed=args.seed, progress=not args.quiet, fallback=args.fallback, threads=args.threads)
     print(f"{len(labels)} images ({label} on {model.name}, backend {report['backend']}, {report['device']}) in "
           f"{report['seconds']:.2f} s: {Path(args.out) / 'grid.png'}")
 
@@ -145,7 +152,7 @@ def _run_diffusers(args) -> None:
     source = args.artifact or args.onnx
     report = generate_diffusers(pipe, source, Path(args.out), labels=labels, prompts=args.prompt or None,
                                 backend=args.backend, steps=args.steps, seed=args.seed, progress=not args.quiet,
-                                fallback=args.fallback)
+                                fallback=args.fallback, threads=args.threads)
     print(f"{len(report['images'])} images ({report['model']}, backend {report['backend']}, {report['device']}) in "
           f"{report['seconds']:.2f} s: {Path(args.out) / 'grid.png'}")
 
@@ -173,10 +180,11 @@ def cmd_profile(args) -> None:
     # backends asked for (eager if none): the baseline each quantized row is read against.
     fp_backends = [b for b in backends if b in ("eager", "torch")] or ["eager"]
     parts = [profile_zoo(model, [("fp32", None)], fp_backends, batch=args.batch, steps=args.steps,
-                         warmup=args.warmup, repeats=args.repeats, seed=args.seed)]
+                         warmup=args.warmup, repeats=args.repeats, seed=args.seed, threads=args.threads)]
     if source is not None:
         parts.append(profile_zoo(model, [(label, source)], backends, batch=args.batch, steps=args.steps,
-                                 warmup=args.warmup, repeats=args.repeats, seed=args.seed, fallback=args.fallback))
+                                 warmup=args.warmup, repeats=args.repeats, seed=args.seed, fallback=args.fallback,
+                                 threads=args.threads))
     report = merge_reports(parts)
     for path in write_profile(report, Path(args.out)):
         print(f"wrote {path}")

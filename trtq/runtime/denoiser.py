@@ -45,10 +45,11 @@ class AcceleratedDenoiser(nn.Module):
 
     original: the module it replaces (given back by `trtq.restore`). runner: a `backends.Runner`.
     fallback: a torch module called like the original when a graph backend refuses a shape (with a
-    warning), or None to raise.
+    warning naming fallback_backend), or None to raise.
     """
 
-    def __init__(self, original: nn.Module, runner, backend: str, fallback: nn.Module | None = None):
+    def __init__(self, original: nn.Module, runner, backend: str, fallback: nn.Module | None = None,
+                 fallback_backend: str | None = None):
         super().__init__()
         # Not registered: neither moved by pipe.to() nor counted in parameters() (see the module docstring).
         object.__setattr__(self, "original", original)
@@ -56,7 +57,7 @@ class AcceleratedDenoiser(nn.Module):
             self.runner = runner  # registered: it holds the (quantized) weights, which pipe.to() must move
         else:
             object.__setattr__(self, "runner", runner)
-        self.fallback = fallback
+        self.fallback, self.fallback_backend = fallback, fallback_backend
         self.backend = backend
         self._signature = inspect.signature(original.forward)
         # Pipelines find a module's device from its parameters (diffusers' `_execution_device`, the zoo sampler);
@@ -112,7 +113,7 @@ class AcceleratedDenoiser(nn.Module):
             if self.fallback is None:
                 raise TrtqError(f"{e} (accelerate(..., fallback='torch') runs such calls on the torch backend)") \
                     from None
-            warnings.warn(f"trtq: {e}; running this call on the torch backend", stacklevel=2)
+            warnings.warn(f"trtq: {e}; running this call on the {self.fallback_backend} backend", stacklevel=2)
             return self.fallback(*args, **kwargs)
         sample = runner.run(feed).to(device=feed["sample"].device, dtype=_sample_of(call).dtype)
         return _output(self.original, sample, return_dict)
