@@ -64,7 +64,8 @@ def build_pipeline(kind: str):
                     negative_pooled_prompt_embeds=torch.zeros_like(pooled), height=128, width=128,
                     output_type="latent")
     elif kind == "dit":
-        transformer = DiTTransformer2DModel(**dict(DIT, num_embeds_ada_norm=1000)).eval()  # DiTPipeline's null class is 1000
+        # DiTPipeline's null class is label 1000: a 1000-class table
+        transformer = DiTTransformer2DModel(**dict(DIT, num_embeds_ada_norm=1000)).eval()
         _randomize_zeros(transformer)
         pipe = DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=sched)
         call = dict(class_labels=[3], output_type="np")  # DiTPipeline always decodes (hence its tiny VAE)
@@ -76,7 +77,8 @@ def build_pipeline(kind: str):
         emb = torch.randn(1, TEXT_TOKENS, 32, generator=gen)
         mask = torch.ones(1, TEXT_TOKENS, dtype=torch.long)
         call = dict(prompt_embeds=emb, prompt_attention_mask=mask, negative_prompt_embeds=torch.zeros_like(emb),
-                    negative_prompt=None, negative_prompt_attention_mask=mask, height=128, width=128, use_resolution_binning=False,
+                    negative_prompt=None, negative_prompt_attention_mask=mask, height=128, width=128,
+                    use_resolution_binning=False,
                     output_type="latent")
     else:
         raise ValueError(kind)

@@ -151,7 +151,7 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
     else:
         raise TrtqError("no backend can run this here: " + "; ".join(reasons))
 
-    fb = None
+    fb: nn.Module | None = None
     if fallback is not None and not runner.takes_module_call:
         if module is None:
             raise TrtqError(f"fallback={fallback!r} needs the torch module behind the graph: give the artifact "
@@ -163,8 +163,8 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
             fb = B.ModuleRunner(module)
     accelerated = AcceleratedDenoiser(original, runner, name, fb, fallback if fb is not None else None)
     accelerated.skipped_backends = reasons  # why "auto" passed over the faster ones, for reports
-    if isinstance(getattr(runner, "_tmp_dir", None), str):
-        weakref.finalize(accelerated, shutil.rmtree, runner._tmp_dir, True)
+    if isinstance(runner, B.OnnxRuntimeRunner) and runner.tmp_dir is not None:
+        weakref.finalize(accelerated, shutil.rmtree, runner.tmp_dir, True)
     setattr(pipe, attr, accelerated)
     return pipe
 
@@ -208,7 +208,7 @@ def _make_runner(name: str, kind: str, module, graph_dir, original, device, *, b
         if graph_dir is None:
             graph_dir, tmp = _export(module, device, batch, resolution, dtype, text_tokens, onnx_dir)
         runner = B.OnnxRuntimeRunner(graph_dir, signature, device, threads=threads)
-        runner._tmp_dir = tmp
+        runner.tmp_dir = tmp  # an export made here: removed with the accelerated denoiser
         return runner
     missing = B.tensorrt_missing()
     if missing:

@@ -211,6 +211,7 @@ class OnnxRuntimeRunner(GraphRunner):
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         self.providers = providers
+        self.tmp_dir: str | None = None
         self.session = ort.InferenceSession(str(Path(export_dir) / self.manifest["onnx"]["file"]), so,
                                             providers=providers)
 

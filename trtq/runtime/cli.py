@@ -174,7 +174,8 @@ def cmd_profile(args) -> None:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     bad = [b for b in backends if b not in BACKEND_CHOICES]
     if not backends or bad:
-        raise TrtqError(f"--backends takes a comma-separated list of {', '.join(BACKEND_CHOICES)}, got {args.backends!r}")
+        raise TrtqError(f"--backends takes a comma-separated list of {', '.join(BACKEND_CHOICES)}, "
+                        f"got {args.backends!r}")
     model, source, label = _load(args)
     # The float model has no export (ONNX export takes quantized models), so FP is timed on the torch-module
     # backends asked for (eager if none): the baseline each quantized row is read against.

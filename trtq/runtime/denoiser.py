@@ -59,6 +59,7 @@ class AcceleratedDenoiser(nn.Module):
             object.__setattr__(self, "runner", runner)
         self.fallback, self.fallback_backend = fallback, fallback_backend
         self.backend = backend
+        self.skipped_backends: list[str] = []
         self._signature = inspect.signature(original.forward)
         # Pipelines find a module's device from its parameters (diffusers' `_execution_device`, the zoo sampler);
         # a graph runner has none in torch. This empty parameter says where inputs and outputs live, and moves

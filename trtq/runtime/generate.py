@@ -31,7 +31,7 @@ def to_pil(image: torch.Tensor, scale: int = 4) -> Image.Image:
     mode = "L" if pix.shape[0] == 1 else "RGB"
     arr = pix[0].numpy() if mode == "L" else pix.permute(1, 2, 0).numpy()
     img = Image.fromarray(arr, mode=mode)
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
 
 
 def grid(images: list[Image.Image], columns: int = 10) -> Image.Image:
