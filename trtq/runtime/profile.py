@@ -7,8 +7,8 @@ first-run allocations stay out of the numbers); CUDA events on CUDA, `time.perf_
 set (`ru_maxrss`, which never goes down: an upper bound for each row, labelled so).
 
 Layer classes (3x3 conv / Winograd, other conv, linear, attention, norm, other) come from the torch profiler
-on one call of the torch module: every layer runs inside a `record_function` range named after its class,
-and a class's time is its ranges' time minus the ranges nested in them (attention is the attention
+on three calls of the torch module (their mean): every layer runs inside a `record_function` range named
+after its class, and a class's time is its ranges' time minus the ranges nested in them (attention is the attention
 module's own work: the q/k/v/out linears inside it count as linear). On CUDA the ranges' device (kernel)
 time is used, on CPU their CPU time. Graph backends (ONNX Runtime, TensorRT) have no torch layers: they get
 end-to-end numbers only.
@@ -105,14 +105,16 @@ def labelled_layers(model: nn.Module):
             mod.__dict__.pop("_trtq_ranges", None)
 
 
-def layer_class_times(module: nn.Module, call, cuda: bool) -> dict[str, float]:
-    """Milliseconds per layer class of one `call()` of `module` (see the module docstring), plus "total"."""
+def layer_class_times(module: nn.Module, call, cuda: bool, calls: int = 3) -> dict[str, float]:
+    """Milliseconds per layer class of a `call()` of `module` (see the module docstring), plus "total": the
+    mean over `calls` profiled calls (one call's ranges are noisy on a shared CPU)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with labelled_layers(module), profile(activities=activities) as prof:
-        with torch.profiler.record_function("trtq/total"):
-            call()
+        for _ in range(calls):
+            with torch.profiler.record_function("trtq/total"):
+                call()
         if cuda:
             torch.cuda.synchronize()
     events = prof.events()
@@ -138,7 +140,7 @@ def layer_class_times(module: nn.Module, call, cuda: bool) -> dict[str, float]:
         cls = e.name[len("trtq/"):]
         times[cls] += incl(e) - sum(incl(c) for c in labelled_below(e))
     times["other"] = max(0.0, total - sum(v for k, v in times.items() if k != "other"))
-    return {**{k: round(v, 4) for k, v in times.items()}, "total": round(total, 4)}
+    return {**{k: round(v / calls, 4) for k, v in times.items()}, "total": round(total / calls, 4)}
 
 
 # ------------------------------------------------------------------------------------------ latency
@@ -240,7 +242,7 @@ def profile_zoo(model, configs: list[tuple[str, object]], backends: list[str], b
                      "onnxruntime_threads": accelerate_kwargs.get("threads")},
         "versions": {"torch": torch.__version__},
         "latency": rows,
-        "layer_classes": {"unit": "ms per denoiser call (classifier-free guidance batch)",
+        "layer_classes": {"unit": "ms per denoiser call (classifier-free guidance batch; mean of 3 profiled calls)",
                           "source": "torch profiler on the eager torch module", "classes": list(LAYER_CLASSES),
                           "by_config": classes},
     }
@@ -281,7 +283,7 @@ def write_profile(report: dict, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps(report, indent=2) + "\n")
-    where = f"{report['model']} on {report['device']}" + (" — CPU numbers" if report["cpu_numbers"] else "")
+    where = f"{report['model']} on {report['device']}" + ("; CPU numbers" if report["cpu_numbers"] else "")
     bars = [(f"{r['config']}\n{r['backend']}", r["per_image_ms"]["median"], r["per_image_ms"]["p90"])
             for r in report["latency"]]
     bar_chart(bars, f"latency per image (ms, median; whisker p90): {where}", out / "latency.png")
