@@ -8,8 +8,8 @@ set (`ru_maxrss`, which never goes down: an upper bound for each row, labelled s
 
 Layer classes (3x3 conv / Winograd, other conv, linear, attention, norm, other) come from the torch profiler
 on three calls of the torch module (their mean): every layer runs inside a `record_function` range named
-after its class, and a class's time is its ranges' time minus the ranges nested in them (attention is the attention
-module's own work: the q/k/v/out linears inside it count as linear). On CUDA the ranges' device (kernel)
+after its class, and a class's time is its ranges' time minus the ranges nested in them (attention is the
+attention module's own work: the q/k/v/out linears inside it count as linear). On CUDA the ranges' device (kernel)
 time is used, on CPU their CPU time. Graph backends (ONNX Runtime, TensorRT) have no torch layers: they get
 end-to-end numbers only.
 """
