@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import torch
 
 import trtq
 from trtq import TrtqError
+from trtq.export.inputs import signature_of
 from trtq.nn import QuantLinear
 from trtq.pipeline import DigitsPipeline, balanced_labels
 from trtq.runtime import AcceleratedDenoiser, accelerate, denoiser_attr, restore
@@ -62,7 +62,6 @@ def test_diffusers_pipeline_swap_restore_and_call_parity(kind):
     assert acc.config is original.config and acc.dtype == original.dtype and acc.device == original.device
     assert torch.equal(run(pipe, call), by_hand)
 
-    from trtq.export.inputs import DenoiserWrapper, signature_of  # noqa: F401
     x = signature_of(original).example_inputs(2, 16, 16, seed=4)
     sample = x.pop("sample")
     kwargs = _call_kwargs(kind, x)
@@ -108,8 +107,6 @@ def test_diffusers_pipeline_on_onnxruntime(kind):
     got = run(pipe, call)
     assert not calls  # the graph ran, not the torch module
     assert _rel(got, by_hand) < 0.05
-    from trtq.export.inputs import signature_of
-
     x = signature_of(original).example_inputs(2, 16, 16, seed=4)
     x["encoder_hidden_states"] = torch.randn(2, TEXT_TOKENS, 32) if "encoder_hidden_states" in x else None
     sample = x.pop("sample")
