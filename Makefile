@@ -6,8 +6,18 @@ TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= out
+# make run / make profile: MODEL (zoo name or model dir), RECIPE or ARTIFACT (neither: FP), BACKEND(S), STEPS, DEVICE
+MODEL      ?= digits-unet
+RECIPE     ?= w8a8-minmax
+ARTIFACT   ?=
+BACKEND    ?= auto
+BACKENDS   ?= eager,onnxruntime
+STEPS      ?= 20
+DEVICE     ?= cpu
+LABELS     ?= 0,1,2,3,4,5,6,7,8,9
+SOURCE_ARG  = $(if $(ARTIFACT),--artifact $(ARTIFACT),$(if $(RECIPE),--recipe $(RECIPE),))
 
-.PHONY: install demo test test-all train-zoo table-winograd table-hqdit table-w8a8 gpu-check bench fuzz clean help
+.PHONY: run profile install demo test test-all train-zoo table-winograd table-hqdit table-w8a8 gpu-check bench fuzz clean help
 
 help:
 	@echo "make demo       quantize the zoo models, sample FP vs quantized, write $(OUT)/demo/report.md + grid.png"
@@ -20,6 +30,12 @@ help:
 	@echo "make gpu-check  the tests that need a CUDA GPU (pytest -m gpu)"
 	@echo "make bench      kernel + model benchmarks on a CUDA GPU -> docs/benchmarks/{winograd,fp4}-<gpu>.{json,md}"
 	@echo "make fuzz       20,000 seeded artifact/recipe mutations + 300 on a zoo artifact (0 failures allowed)"
+	@echo "make run        images for LABELS on an accelerated pipeline -> $(OUT)/run/ (PNGs, grid.png, run.json)"
+	@echo "                MODEL=$(MODEL) RECIPE=$(RECIPE) (or ARTIFACT=dir; RECIPE= for FP) BACKEND=$(BACKEND)"
+	@echo "                (auto|eager|torch|onnxruntime|tensorrt) STEPS=$(STEPS) DEVICE=$(DEVICE) LABELS=$(LABELS)"
+	@echo "make profile    latency per image/step and time per layer class, FP vs quantized, one bar per backend"
+	@echo "                -> $(OUT)/profile/ (profile.json, latency.png, layers.png); MODEL RECIPE ARTIFACT DEVICE as"
+	@echo "                above, BACKENDS=$(BACKENDS) (comma-separated), STEPS=$(STEPS); CPU numbers are labelled so"
 	@echo "make install    create $(VENV) with trtq and its dependencies"
 
 install: $(STAMP)
@@ -33,6 +49,14 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/trtq demo --out $(OUT)/demo
+
+run: $(STAMP)
+	$(VENV)/bin/trtq run --model $(MODEL) $(SOURCE_ARG) --backend $(BACKEND) --steps $(STEPS) --device $(DEVICE) \
+		--labels $(LABELS) --out $(OUT)/run
+
+profile: $(STAMP)
+	$(VENV)/bin/trtq profile --model $(MODEL) $(SOURCE_ARG) --backends $(BACKENDS) --steps $(STEPS) \
+		--device $(DEVICE) --out $(OUT)/profile
 
 # CI's tier: everything but the `slow` matrix (each export family once, each model once). test-all adds it.
 test: $(STAMP)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from trtq.errors import TrtqError
 from trtq.export.cli import add_export_parser
+from trtq.runtime.cli import add_runtime_parsers
 
 # Bounds that keep a typo from turning into days of work or an out-of-memory kill.
 MAX_SAMPLES = 100_000
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     add_export_parser(sub)
+    add_runtime_parsers(sub)  # run, profile
 
     s = sub.add_parser("inspect", help="what a recipe does to a model, layer by layer; or an exported ONNX graph",
                        description="trtq inspect --model M --recipe R: per layer, the kind and scheme it gets and "

@@ -1,0 +1,104 @@
+"""Tiny random-weight diffusers pipelines (SD 1.5, SDXL, DiT, PixArt-α) built in memory, and the call that
+runs each one without a tokenizer: prompt embeddings (and masks, pooled embeddings) passed directly, latents out.
+
+Random weights: fine for call plumbing and numerics against the same model, never for quality.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from export_configs import DIT, PIXART, SDXL, UNET  # noqa: E402
+
+PIPELINES = ("sd15", "sdxl", "dit", "pixart")
+TEXT_TOKENS = 5
+
+
+def _randomize_zeros(model: torch.nn.Module) -> None:
+    """diffusers zero-initialises some output layers: redraw them, or every output is 0 and comparisons trivial."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                         up_block_types=("UpDecoderBlock2D",), block_out_channels=(8,), layers_per_block=1,
+                         latent_channels=4, norm_num_groups=4, sample_size=16).eval()
+
+
+def build_pipeline(kind: str):
+    """(pipeline, call kwargs) for one tiny pipeline of each class."""
+    from diffusers import (DDIMScheduler, DiTPipeline, DiTTransformer2DModel, PixArtAlphaPipeline,
+                           PixArtTransformer2DModel, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+
+    torch.manual_seed(0)
+    sched = DDIMScheduler(num_train_timesteps=1000, steps_offset=1, clip_sample=False)
+    gen = torch.Generator().manual_seed(5)
+    if kind == "sd15":
+        unet = UNet2DConditionModel(**UNET).eval()
+        _randomize_zeros(unet)
+        pipe = StableDiffusionPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        emb = torch.randn(1, TEXT_TOKENS, 32, generator=gen)
+        call = dict(prompt_embeds=emb, negative_prompt_embeds=torch.zeros_like(emb), height=128, width=128,
+                    output_type="latent")
+    elif kind == "sdxl":
+        unet = UNet2DConditionModel(**SDXL).eval()
+        _randomize_zeros(unet)
+        pipe = StableDiffusionXLPipeline(vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                         tokenizer_2=None, unet=unet, scheduler=sched)
+        emb = torch.randn(1, TEXT_TOKENS, 32, generator=gen)
+        pooled = torch.randn(1, 32, generator=gen)
+        call = dict(prompt_embeds=emb, negative_prompt_embeds=torch.zeros_like(emb), pooled_prompt_embeds=pooled,
+                    negative_pooled_prompt_embeds=torch.zeros_like(pooled), height=128, width=128,
+                    output_type="latent")
+    elif kind == "dit":
+        # DiTPipeline's null class is label 1000: a 1000-class table
+        transformer = DiTTransformer2DModel(**dict(DIT, num_embeds_ada_norm=1000)).eval()
+        _randomize_zeros(transformer)
+        pipe = DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=sched)
+        call = dict(class_labels=[3], output_type="np")  # DiTPipeline always decodes (hence its tiny VAE)
+    elif kind == "pixart":
+        transformer = PixArtTransformer2DModel(**PIXART).eval()
+        _randomize_zeros(transformer)
+        pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
+                                   scheduler=sched)
+        emb = torch.randn(1, TEXT_TOKENS, 32, generator=gen)
+        mask = torch.ones(1, TEXT_TOKENS, dtype=torch.long)
+        call = dict(prompt_embeds=emb, prompt_attention_mask=mask, negative_prompt_embeds=torch.zeros_like(emb),
+                    negative_prompt=None, negative_prompt_attention_mask=mask, height=128, width=128,
+                    use_resolution_binning=False,
+                    output_type="latent")
+    else:
+        raise ValueError(kind)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, dict(call, num_inference_steps=2, guidance_scale=3.0)
+
+
+def run(pipe, call: dict, seed: int = 0) -> torch.Tensor:
+    out = pipe(**call, generator=torch.Generator().manual_seed(seed))
+    return torch.as_tensor(out.images if hasattr(out, "images") else out[0])  # DiTPipeline decodes to numpy
+
+
+def quantized_copy(denoiser: torch.nn.Module, recipe: str = "w8a8-minmax") -> torch.nn.Module:
+    """A quantized copy calibrated on random inputs of the export signature (fast; fine for plumbing tests)."""
+    import copy
+
+    import trtq
+    from trtq.export.inputs import DenoiserWrapper, signature_of
+
+    sig = signature_of(denoiser)
+    size = denoiser.config.sample_size
+    calib = sig.example_inputs(2, size, size, seed=1)
+    return trtq.quantize(copy.deepcopy(denoiser), recipe, lambda m: DenoiserWrapper(m, sig)(*calib.values()))
