@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from trtq.errors import TrtqError
+from trtq.engine.cli import add_build_parser
 from trtq.export.cli import add_export_parser
 
 # Bounds that keep a typo from turning into days of work or an out-of-memory kill.
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     add_export_parser(sub)
+    add_build_parser(sub)
 
     s = sub.add_parser("inspect", help="what a recipe does to a model, layer by layer; or an exported ONNX graph",
                        description="trtq inspect --model M --recipe R: per layer, the kind and scheme it gets and "
