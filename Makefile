@@ -6,13 +6,20 @@ TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= out
+# make build-engine: the model, recipe, batch profile MIN:OPT:MAX and (optional) latent resolution MIN:OPT:MAX
+MODEL      ?= digits-unet
+RECIPE     ?= w8a8-minmax
+PROFILE    ?= 1:2:4
+RESOLUTION ?=
 
-.PHONY: install demo test test-all train-zoo table-winograd table-hqdit table-w8a8 gpu-check bench fuzz clean help
+.PHONY: install demo test test-all build-engine train-zoo table-winograd table-hqdit table-w8a8 gpu-check bench fuzz clean help
 
 help:
 	@echo "make demo       quantize the zoo models, sample FP vs quantized, write $(OUT)/demo/report.md + grid.png"
 	@echo "make test       run the test suite (GPU/TensorRT tests skip with a reason on machines without them)"
 	@echo "make test-all   the test suite plus the slow tier (the full export matrix: every recipe family x model)"
+	@echo "make build-engine MODEL=digits-unet RECIPE=w8a8-minmax PROFILE=1:2:4 [RESOLUTION=16:32:64]"
+	@echo "                export to ONNX and build a TensorRT engine into engines/ (needs TensorRT + a CUDA GPU)"
 	@echo "make train-zoo  retrain the embedded digits models (seeded; uses CUDA when present)"
 	@echo "make table-winograd  docs/winograd.md: Winograd W8A8 ablations on digits-unet"
 	@echo "make table-hqdit     docs/hqdit.md: FP4 W4A4 / HQ-DiT ablations on digits-dit and digits-unet"
@@ -29,6 +36,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev,modelopt]"
+	# TensorRT's type stubs, for mypy; --no-deps: their `tensorrt` dependency downloads from NVIDIA at install
+	$(PY) -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -40,6 +49,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# Exports MODEL with RECIPE to out/onnx/ and checks it, then builds engines/<key>/ (a cache hit if built
+# before). Without TensorRT or a GPU it stops after the export with one line and exit status 2.
+build-engine: $(STAMP)
+	$(VENV)/bin/trtq build --model $(MODEL) --recipe $(RECIPE) --batch $(PROFILE) $(if $(RESOLUTION),--resolution $(RESOLUTION))
 
 train-zoo: $(STAMP)
 	$(PY) -m trtq.zoo.train --out trtq/zoo/weights
