@@ -32,6 +32,8 @@ from trtq.errors import TrtqError
 if TYPE_CHECKING:
     import tensorrt as trt
 
+ALIGNMENT = 256  # bytes: what IExecutionContext.set_tensor_address requires of every I/O address
+
 
 @dataclass
 class _Captured:
@@ -119,6 +121,8 @@ class TensorRTDenoiser:
         bound = {}
         for name in self.profile:
             t = inputs[name].contiguous()
+            if t.data_ptr() % ALIGNMENT:  # a view into a larger tensor (e.g. one half of a CFG batch)
+                t = t.clone()
             bound[name] = t
             if not ctx.set_input_shape(name, tuple(t.shape)):
                 raise TrtqError(f"TensorRT refused input {name} of shape {tuple(t.shape)}")
