@@ -32,6 +32,7 @@ EPILOG = """examples:
   trtq eval --model digits-unet --artifact artifacts/unet-w8a8 --samples 200 --json unet.json
   trtq eval --model digits-dit --recipe modelopt-int8 --json dit-modelopt.json
   trtq demo --out out/demo
+  trtq build --model digits-unet --recipe w8a8-minmax      # ONNX export + TensorRT engine in engines/
 
 MODEL is a zoo name (digits-unet, digits-dit) or a local model directory in the same diffusers layout."""
 
