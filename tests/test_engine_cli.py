@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+import trtq
 from trtq.cli import main
+from trtq.export.inputs import DenoiserWrapper, signature_of
+from trtq.zoo import load_model
 from trtq.engine.export_dir import check_graph, read_export
 from trtq.engine.profile import resolve_profile
 from trtq.engine.target import missing
@@ -22,10 +25,16 @@ def _error_line(capsys) -> str:
 
 @no_tensorrt_here
 def test_build_without_tensorrt_exports_checks_and_stops(tmp_path, capsys):
+    # An artifact calibrated on one batch (as tests/test_export.py does): `--recipe` would calibrate on 20
+    # sampling steps, minutes of CPU on a busy 2-core machine.
+    dit = load_model("digits-dit").denoiser
+    sig = signature_of(dit)
+    calib = sig.example_inputs(2, 32, 32, seed=1)
+    trtq.quantize(dit, "w8a8-minmax", lambda m: DenoiserWrapper(m, sig)(*calib.values()))
+    art = trtq.save_artifact(dit, tmp_path / "art", "digits-dit")
     onnx_dir, engines = tmp_path / "onnx", tmp_path / "engines"
-    # digits-dit: its calibration run is ~4x cheaper than the UNet's on a CPU
-    rc = main(["build", "--model", "digits-dit", "--recipe", "w8a8-minmax", "--calib-samples", "1",
-               "--export-dir", str(onnx_dir), "--engines", str(engines), "--batch", "1:2:8"])
+    rc = main(["build", "--model", "digits-dit", "--artifact", str(art), "--export-dir", str(onnx_dir),
+               "--engines", str(engines), "--batch", "1:2:8"])
     out = capsys.readouterr()
     assert rc == 2
     errors = [line for line in out.err.splitlines() if line.startswith("trtq:")]  # (the exporter's warnings aside)
@@ -38,7 +47,8 @@ def test_build_without_tensorrt_exports_checks_and_stops(tmp_path, capsys):
     export = read_export(onnx_dir)
     check_graph(export)
     prof = resolve_profile(export.manifest["inputs"], export.manifest["profiles"])
-    assert prof["sample"].max[0] == 8 and export.recipe_name == "w8a8-minmax" and export.plugins == []
+    assert prof["sample"].max[0] == 8 and prof["class_labels"].min == (1,)
+    assert export.recipe_name == "w8a8-minmax" and export.manifest["artifact"] == str(art)
 
     # the same export, built with --onnx: the same refusal, still nothing written
     assert main(["build", "--onnx", str(onnx_dir), "--engines", str(engines), "--batch", "2:2:2"]) == 2
