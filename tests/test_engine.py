@@ -328,3 +328,32 @@ def test_without_tensorrt_build_engine_stops_before_writing(export, tmp_path):
     with pytest.raises(TrtqError, match="cannot build a TensorRT engine on this machine: ") as e:
         build_engine(export, cache_dir=tmp_path / "engines")
     assert "\n" not in str(e.value) and not (tmp_path / "engines").exists()
+
+
+def test_build_progress_lines():
+    import io
+    import threading
+
+    from trtq.engine.progress import BuildProgress
+
+    out = io.StringIO()
+    p = BuildProgress(out, depth=2)
+    p.start("Building engine", None, 3)
+    p.start("Tactic selection", "Building engine", 40)
+    p.start("Layer conv_1", "Tactic selection", 7)  # third level: not printed
+    assert all(p.step("Layer conv_1", i) for i in range(7))  # never cancels the build
+    p.finish("Layer conv_1")
+    threads = [threading.Thread(target=lambda n=n: (p.start(f"w{n}", "Tactic selection", 1), p.finish(f"w{n}")))
+               for n in range(8)]  # TensorRT calls from several threads
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    p.finish("Tactic selection")
+    p.finish("Building engine")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[trtq build] Building engine (3 steps)"
+    assert lines[1] == "[trtq build]   Tactic selection (40 steps)"
+    assert lines[-2].startswith("[trtq build]   Tactic selection done in ")
+    assert lines[-1].startswith("[trtq build] Building engine done in ") and lines[-1].endswith(" s")
+    assert not any("conv_1" in line or " w" in line for line in lines) and len(lines) == 4

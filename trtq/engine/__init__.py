@@ -9,6 +9,7 @@ Modules, each short, and only two of them import TensorRT:
     cache        the key, the engine directory and manifest, the refusal of stale engines
     plugin_hook  trtq.plugins' register() and __version__, needed only by graphs with plugin nodes
     build        the cached, locked, atomic build around an injectable build step
+    progress     build progress lines (what TensorRT's IProgressMonitor reports)
     target       is TensorRT (the real bindings) and a CUDA GPU here, and which version / architecture
     trt_build    the TensorRT build step (imports tensorrt)
     runner       TensorRTDenoiser (imports tensorrt when an engine is loaded)

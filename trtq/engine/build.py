@@ -94,11 +94,11 @@ def build_engine(export: str | Path | OnnxExport, *, batch: Sequence[int] | None
         return _hit(path, target, sha, version)
     timing_path = timing_cache_path(cache_dir, target)
     new_timing: bytes | None = None
-    t0 = time.perf_counter()
     try:
         with atomic_dir(path, is_engine_dir, what="trtq engine") as tmp:
             if path.exists():
                 raise _BuiltMeanwhile
+            t0 = time.perf_counter()  # (after the lock: a wait for another builder is not build time)
             for f in exp.files:
                 shutil.copy2(f, tmp / f.name)
             request = BuildRequest(onnx_path=tmp / exp.onnx_path.name, plan_path=tmp / PLAN, profile=profile,

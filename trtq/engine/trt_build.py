@@ -9,44 +9,30 @@ test_engine_typing.py). API names follow TensorRT 10.x; the flags newer than 10.
 from __future__ import annotations
 
 import sys
-import threading
-import time
-from typing import TextIO
 
 import tensorrt as trt
 
 from trtq.engine.build import BuildRequest
+from trtq.engine.progress import BuildProgress
 from trtq.errors import TrtqError
 
 
-class ProgressPrinter(trt.IProgressMonitor):
-    """Prints TensorRT's build phases (two levels deep) with their step counts and times. TensorRT calls it
-    from several threads, hence the lock; returning True from step_complete lets the build go on."""
+class ProgressMonitor(trt.IProgressMonitor):
+    """TensorRT's progress callbacks, forwarded to `BuildProgress` (plain Python, tested without TensorRT).
+    TensorRT requires the monitor to outlive the build: build_plan keeps it referenced until it returns."""
 
-    def __init__(self, out: TextIO = sys.stderr, depth: int = 2) -> None:
+    def __init__(self, progress: BuildProgress) -> None:
         trt.IProgressMonitor.__init__(self)
-        self._out, self._depth = out, depth
-        self._lock = threading.Lock()
-        self._level: dict[str, int] = {}
-        self._started: dict[str, float] = {}
+        self.progress = progress
 
     def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-        with self._lock:
-            level = 0 if not parent_phase else self._level.get(parent_phase, 0) + 1
-            self._level[phase_name] = level
-            self._started[phase_name] = time.perf_counter()
-            if level < self._depth:
-                print(f"[trtq build] {'  ' * level}{phase_name} ({num_steps} steps)", file=self._out, flush=True)
+        self.progress.start(phase_name, parent_phase, num_steps)
 
     def step_complete(self, phase_name: str, step: int) -> bool:
-        return True
+        return self.progress.step(phase_name, step)
 
     def phase_finish(self, phase_name: str) -> None:
-        with self._lock:
-            level = self._level.pop(phase_name, 0)
-            seconds = time.perf_counter() - self._started.pop(phase_name, time.perf_counter())
-            if level < self._depth:
-                print(f"[trtq build] {'  ' * level}{phase_name} done in {seconds:.1f} s", file=self._out, flush=True)
+        self.progress.finish(phase_name)
 
 
 def build_plan(request: BuildRequest) -> bytes | None:
@@ -82,7 +68,7 @@ def build_plan(request: BuildRequest) -> bytes | None:
         print("[trtq build] the timing cache was refused (another TensorRT or GPU); building without it",
               file=sys.stderr)
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-    monitor = ProgressPrinter() if request.progress else None
+    monitor = ProgressMonitor(BuildProgress()) if request.progress else None
     if monitor is not None:
         config.progress_monitor = monitor
     plan = builder.build_serialized_network(network, config)
