@@ -131,7 +131,7 @@ def test_build_then_cache_hit(export, tmp_path):
     assert other.path != rec.path
     assert _build(export, cache, step, target=dataclasses.replace(TARGET, compute_capability="8.9")).path != rec.path
     assert len(step.requests) == 5
-    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".") and p.is_dir()).__len__() == 5
+    assert len([p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 5
 
 
 def test_timing_cache_is_shared_between_builds(export, tmp_path):
@@ -357,3 +357,20 @@ def test_build_progress_lines():
     assert lines[-2].startswith("[trtq build]   Tactic selection done in ")
     assert lines[-1].startswith("[trtq build] Building engine done in ") and lines[-1].endswith(" s")
     assert not any("conv_1" in line or " w" in line for line in lines) and len(lines) == 4
+
+
+def test_plugin_hooks_take_trtq_plugins_register_and_version(monkeypatch):
+    import types
+
+    calls = []
+    mod = types.ModuleType("trtq.plugins")
+    mod.register = lambda: calls.append("registered")
+    mod.kernels_fingerprint = lambda: "1-0123456789abcdef"
+    monkeypatch.setitem(__import__("sys").modules, "trtq.plugins", mod)
+    register, version = plugin_hooks(("FP4GroupGemm",))
+    assert version == "1-0123456789abcdef" and register is mod.register
+    mod.__version__ = "1.2"  # an explicit version string wins
+    assert plugin_hooks(("FP4GroupGemm",))[1] == "1.2"
+    del mod.register
+    with pytest.raises(TrtqError, match="no register"):
+        plugin_hooks(("FP4GroupGemm",))
