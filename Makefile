@@ -7,6 +7,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= out
 # make run / make profile: MODEL (zoo name or model dir), RECIPE or ARTIFACT (neither: FP), BACKEND(S), STEPS, DEVICE
+# make build-engine: MODEL, RECIPE, the batch profile MIN:OPT:MAX and (optional) latent resolution MIN:OPT:MAX
 MODEL      ?= digits-unet
 RECIPE     ?= w8a8-minmax
 ARTIFACT   ?=
@@ -15,14 +16,18 @@ BACKENDS   ?= eager,onnxruntime
 STEPS      ?= 20
 DEVICE     ?= cpu
 LABELS     ?= 0,1,2,3,4,5,6,7,8,9
+PROFILE    ?= 1:2:4
+RESOLUTION ?=
 SOURCE_ARG  = $(if $(ARTIFACT),--artifact $(ARTIFACT),$(if $(RECIPE),--recipe $(RECIPE),))
 
-.PHONY: run profile install demo test test-all train-zoo table-winograd table-hqdit table-w8a8 gpu-check bench fuzz clean help
+.PHONY: run profile install demo test test-all build-engine train-zoo table-winograd table-hqdit table-w8a8 gpu-check bench fuzz clean help
 
 help:
 	@echo "make demo       quantize the zoo models, sample FP vs quantized, write $(OUT)/demo/report.md + grid.png"
 	@echo "make test       run the test suite (GPU/TensorRT tests skip with a reason on machines without them)"
 	@echo "make test-all   the test suite plus the slow tier (the full export matrix: every recipe family x model)"
+	@echo "make build-engine MODEL=digits-unet RECIPE=w8a8-minmax PROFILE=1:2:4 [RESOLUTION=16:32:64]"
+	@echo "                export to ONNX and build a TensorRT engine into engines/ (needs TensorRT + a CUDA GPU)"
 	@echo "make train-zoo  retrain the embedded digits models (seeded; uses CUDA when present)"
 	@echo "make table-winograd  docs/winograd.md: Winograd W8A8 ablations on digits-unet"
 	@echo "make table-hqdit     docs/hqdit.md: FP4 W4A4 / HQ-DiT ablations on digits-dit and digits-unet"
@@ -45,6 +50,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev,modelopt]"
+	# TensorRT's type stubs, for mypy; --no-deps: their `tensorrt` dependency downloads from NVIDIA at install
+	$(PY) -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -64,6 +71,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# Exports MODEL with RECIPE to out/onnx/ and checks it, then builds engines/<key>/ (a cache hit if built
+# before). Without TensorRT or a GPU it stops after the export with one line and exit status 2.
+build-engine: $(STAMP)
+	$(VENV)/bin/trtq build --model $(MODEL) --recipe $(RECIPE) --batch $(PROFILE) $(if $(RESOLUTION),--resolution $(RESOLUTION))
 
 train-zoo: $(STAMP)
 	$(PY) -m trtq.zoo.train --out trtq/zoo/weights

@@ -6,12 +6,14 @@ The public verbs:
     load_artifact(model, path)              re-quantize a float model from an artifact (refuses foreign ones)
     list_recipes(), get_recipe(name)        recipes are data (YAML)
     export_onnx(model, out_dir, ...)        quantized denoiser -> ONNX with trtq plugin nodes + manifest
+    build_engine(export_dir, ...)           ONNX export -> cached TensorRT engine (needs TensorRT + a GPU)
     accelerate(pipe, source, backend=...)   swap a pipeline's denoiser for an accelerated one; restore(pipe)
 """
 
 __version__ = "0.1.0"
 
 from trtq.artifact import load_artifact, read_manifest, save_artifact  # noqa: E402
+from trtq.engine import build_engine  # noqa: E402
 from trtq.errors import TrtqError  # noqa: E402
 from trtq.export import export_onnx  # noqa: E402
 from trtq.quantize import calibrate, prepare, quantize  # noqa: E402
@@ -20,6 +22,6 @@ from trtq.recipes import LayerRule, Recipe, get_recipe, list_recipes  # noqa: E4
 from trtq.scheme import QuantScheme  # noqa: E402
 
 __all__ = [
-    "LayerRule", "QuantScheme", "Recipe", "TrtqError", "accelerate", "calibrate", "export_onnx", "get_recipe", "list_recipes",
+    "LayerRule", "QuantScheme", "Recipe", "TrtqError", "accelerate", "build_engine", "calibrate", "export_onnx", "get_recipe", "list_recipes",
     "load_artifact", "prepare", "quantize", "read_manifest", "restore", "save_artifact", "__version__",
 ]

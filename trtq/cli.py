@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from trtq.errors import TrtqError
+from trtq.engine.cli import add_build_parser
 from trtq.export.cli import add_export_parser
 from trtq.runtime.cli import add_runtime_parsers
 
@@ -32,6 +33,7 @@ EPILOG = """examples:
   trtq eval --model digits-unet --artifact artifacts/unet-w8a8 --samples 200 --json unet.json
   trtq eval --model digits-dit --recipe modelopt-int8 --json dit-modelopt.json
   trtq demo --out out/demo
+  trtq build --model digits-unet --recipe w8a8-minmax      # ONNX export + TensorRT engine in engines/
 
 MODEL is a zoo name (digits-unet, digits-dit) or a local model directory in the same diffusers layout."""
 
@@ -223,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(sub)
     add_runtime_parsers(sub)  # run, profile
+    add_build_parser(sub)
 
     s = sub.add_parser("inspect", help="what a recipe does to a model, layer by layer; or an exported ONNX graph",
                        description="trtq inspect --model M --recipe R: per layer, the kind and scheme it gets and "

@@ -40,7 +40,8 @@ def tensorrt_available() -> bool:
 
 
 def register() -> None:
-    """Register the trtq plugins with TensorRT (needs TensorRT >= 10.9 with `tensorrt.plugin`)."""
+    """Register the trtq plugins with TensorRT (needs TensorRT >= 10.9 with `tensorrt.plugin`). Safe to call
+    again: the registrations run once, when `tensorrt_defs` is first imported."""
     if not tensorrt_available():
         raise TrtqError("registering the trtq TensorRT plugins needs the TensorRT Python bindings (tensorrt >= "
                         "10.9); they are not installed here")
