@@ -77,6 +77,14 @@ def _scale_of(amax):
 
 
 @triton.jit
+def _tile_block(P, tiles_h, tiles_w, BLOCK_T: tl.constexpr):
+    """This program's BLOCK_T tiles, numbered p = (image, tile row, tile col): (p, p < P, image, row, col)."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    tiles = tiles_h * tiles_w
+    return t, t < P, t // tiles, (t % tiles) // tiles_w, t % tiles_w
+
+
+@triton.jit
 def _transform_block(x_ptr, bt_ptr, b, ty, tx, t_ok, c, c_ok, H, W, sxn, sxc, sxh, sxw, pad_h, pad_w,
                      N_SIDE: tl.constexpr, TILE: tl.constexpr, NP: tl.constexpr):
     """V = B^T d B for a block of tiles x channels, separably in FP32 (2 n^2 NP FMAs per tile and channel):
@@ -128,14 +136,8 @@ def winograd_input_kernel_rows(
     pid_c (in BLOCK_C chunks; a group wider than one chunk is transformed twice: amax, then quantize);
     otherwise channels [pid_c * BLOCK_C, +BLOCK_C). Tiles are numbered p = (image, tile row, tile col).
     NP: the power of two >= n (the padded row length)."""
-    pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    t_ok = t < P
-    tiles = tiles_h * tiles_w
-    b = t // tiles
-    ty = (t % tiles) // tiles_w
-    tx = t % tiles_w
+    t, t_ok, b, ty, tx = _tile_block(P, tiles_h, tiles_w, BLOCK_T)
     cl = tl.arange(0, BLOCK_C)
     e = tl.arange(0, NP)
     e_ok = e < N_SIDE
@@ -256,20 +258,14 @@ def winograd_input_kernel_positions(
     a (tile, channel) come in one [BLOCK_T, BLOCK_C, NP^2] load, are split into n^2 [BLOCK_T, BLOCK_C]
     tensors in registers, transformed separably (2 n^3 FMAs), quantized, and joined back for one store.
     Candidate replacement for the rows kernel (0.53 ms on an H100 at SD 1.5's 2x320x64x64, ~4 µs of bytes):
-    one load and one store keep Triton's coalescing pass fast (F(6,3) compiles in ~3 s, no shared memory, no
-    barriers); run-time speed not measured yet. Dynamic group / position-group / static / per-image scales,
+    one load and one store keep Triton's coalescing pass fast (sm_90 compiles in 1-9 s; 4-10 barriers in the
+    dynamic "group" mode, against the rows kernel's 89-215); run-time speed not measured yet. Dynamic group / position-group / static / per-image scales,
     one group per program (BLOCK_C >= GROUP_SIZE in the dynamic group modes)."""
     NPOS: tl.constexpr = N_SIDE * N_SIDE
     NPOS2: tl.constexpr = NP * NP
     BITS: tl.constexpr = 2 * LOG_NP
-    pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    t_ok = t < P
-    tiles = tiles_h * tiles_w
-    b = t // tiles
-    ty = (t % tiles) // tiles_w
-    tx = t % tiles_w
+    t, t_ok, b, ty, tx = _tile_block(P, tiles_h, tiles_w, BLOCK_T)
     per_group: tl.constexpr = SCALE_MODE == DYN_GROUP or SCALE_MODE == DYN_POSITION_GROUP
     tl.static_assert(not per_group or BLOCK_C >= GROUP_SIZE, "one channel group per program")
     if per_group:
