@@ -65,3 +65,10 @@ def quantize_groups(x: torch.Tensor, scale: torch.Tensor, fmt_name: str, g: int)
 def fake_quantize_groups(x: torch.Tensor, scale: torch.Tensor, fmt_name: str, g: int) -> torch.Tensor:
     """Quantize then dequantize group-wise (float result, same shape as x)."""
     return quantize_groups(x, scale, fmt_name, g) * scale.repeat_interleave(g, dim=-1)
+
+
+def gemm_quantizes_activations(act_format: str, group_size: int, k: int, scale_format: str, static: bool) -> bool:
+    """Whether the FP4 GEMM can quantize its activations itself, in its A-load (one kernel, no workspace):
+    only FP32 scales (static, or dynamic ones it computes per group), and groups smaller than K (with g = K the
+    per-row scale must be known before the K-loop starts). W4A16 ("none") quantizes nothing."""
+    return act_format != "none" and group_size < k and (static or scale_format == FP32_SCALES)

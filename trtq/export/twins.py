@@ -100,10 +100,11 @@ def aot_eligible(op_type: str, attrs: dict, present, tensors) -> bool:
     input-transform kernel writes a workspace the GEMM reads)."""
     if op_type != "FP4GroupGemm":
         return False
+    from trtq.fp4 import gemm_quantizes_activations
+
     k = tensors[1].type().sizes()[1] * 2  # weight_packed [N, K/2] (x and weight_packed are always present)
-    static = present[5]  # act_scale given: static activation scales
-    fused_ok = attrs["group_size"] < k and (attrs["scale_format"] == "float32" or static)
-    return attrs["act_format"] == "none" or fused_ok
+    return attrs["act_format"] == "none" or gemm_quantizes_activations(
+        attrs["act_format"], attrs["group_size"], k, attrs["scale_format"], static=present[5])
 
 
 def _output_sizes(op_type: str, attrs: dict, sizes: list, params) -> list:

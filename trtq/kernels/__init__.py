@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 
 @contextlib.contextmanager
@@ -25,6 +26,4 @@ def direct_launches():
 def tuned(configs: list) -> list:
     """The autotuner's candidate configs, or only the first with TRTQ_AUTOTUNE=0: every candidate is compiled
     and timed for each new shape class, which correctness runs (and impatient first runs) can skip."""
-    import os
-
     return configs[:1] if os.environ.get("TRTQ_AUTOTUNE", "1") == "0" else configs

@@ -36,7 +36,7 @@ import triton.language as tl
 from trtq.errors import TrtqError
 from trtq.kernels import tuned
 from trtq.formats import FloatFormat, get_format
-from trtq.fp4 import ACT_FORMATS, FP4_FORMATS
+from trtq.fp4 import ACT_FORMATS, FP4_FORMATS, gemm_quantizes_activations
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Kernels read module globals only as constexprs.
@@ -392,7 +392,7 @@ def fp4_group_gemm(x: torch.Tensor, weight_packed: torch.Tensor, weight_scale: t
     fp8_scales = scale_format != "float32"
     one_group = g == k
     static = act_scale is not None
-    fuse = fuse_act_quant and act_format != "none" and not one_group and (static or not fp8_scales)
+    fuse = fuse_act_quant and gemm_quantizes_activations(act_format, g, k, scale_format, static)
 
     a_scale = a_row_scale = None
     if act_format == "none":

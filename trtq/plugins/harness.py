@@ -16,8 +16,6 @@ import torch
 from trtq.errors import TrtqError
 from trtq.plugins.plans import Launch, LaunchPlan
 
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                 "int8": torch.int8, "uint8": torch.uint8}
 _modules: dict = {}  # (kernel name, ptx hash) -> (module, function): a module is loaded once per process
 
 
@@ -106,11 +104,11 @@ def _buffers(plan: LaunchPlan, inputs: dict[str, torch.Tensor]) -> dict[str, tor
     for b in plan.buffers.values():
         if b.role == "input":
             t = tensors.get(b.name)
-            if t is None or tuple(t.shape) != b.shape or t.dtype != _TORCH_DTYPES[b.dtype]:
+            if t is None or tuple(t.shape) != b.shape or t.dtype != getattr(torch, b.dtype):
                 got = None if t is None else (tuple(t.shape), t.dtype)
                 raise TrtqError(f"input {b.name!r}: the plan expects {b.shape} {b.dtype}, got {got}")
         else:
-            tensors[b.name] = torch.empty(b.shape, dtype=_TORCH_DTYPES[b.dtype], device=device)
+            tensors[b.name] = torch.empty(b.shape, dtype=getattr(torch, b.dtype), device=device)
     if plan.buffers[plan.output].dtype in ("float32", "float16", "bfloat16"):
         tensors[plan.output].fill_(float("nan"))  # poisoned: every element must be written
     return tensors

@@ -20,10 +20,11 @@ import math
 from dataclasses import dataclass, field
 
 from trtq.errors import TrtqError
+from trtq.fp4 import gemm_quantizes_activations
 from trtq.plugins.specs import FP4GemmAttrs, WinogradAttrs, fp4_output_shape, winograd_output_shape
 
-# Buffer dtypes, by the names Triton's signatures use.
-TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int8": "i8", "uint8": "u8"}
+# Buffer dtypes (torch's names): (the name Triton's signatures use, bytes per element).
+DTYPES = {"float32": ("fp32", 4), "float16": ("fp16", 2), "bfloat16": ("bf16", 2), "int8": ("i8", 1), "uint8": ("u8", 1)}
 
 
 def cdiv(a, b):
@@ -34,14 +35,13 @@ def cdiv(a, b):
 @dataclass(frozen=True)
 class Buffer:
     name: str
-    dtype: str  # a key of TRITON_DTYPES
+    dtype: str  # a key of DTYPES (torch.<dtype> is the tensor dtype)
     shape: tuple[int, ...]
     role: str  # "input" | "workspace" | "output"
 
     @property
     def nbytes(self) -> int:
-        size = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1}[self.dtype]
-        return size * math.prod(self.shape)
+        return DTYPES[self.dtype][1] * math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Launch:
         for name in self.params:
             value = self.args[name]
             if isinstance(value, str):
-                sig[name] = "*" + TRITON_DTYPES[buffers[value].dtype]
+                sig[name] = "*" + DTYPES[buffers[value].dtype][0]
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TrtqError(f"argument {name}={value!r} of {self.fn.__name__} is not a buffer, int or float")
             else:
@@ -198,7 +198,7 @@ def fp4_plan(attrs: FP4GemmAttrs, x_shape: tuple[int, ...], wp_shape: tuple[int,
     groups = k // g
     fp8_scales = attrs.scale_format != "float32"
     one_group, static = g == k, has_act_scale
-    fuse = fuse_act_quant and attrs.act_format != "none" and not one_group and (static or not fp8_scales)
+    fuse = fuse_act_quant and gemm_quantizes_activations(attrs.act_format, g, k, attrs.scale_format, static)
     buffers = {b.name: b for b in (
         Buffer("x", dtype, tuple(x_shape), "input"), Buffer("weight_packed", "uint8", tuple(wp_shape), "input"),
         Buffer("weight_scale", "uint8" if fp8_scales else "float32", (n, groups), "input"),

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 
 from trtq.errors import TrtqError
 from trtq.export.twins import PLUGIN_DOMAIN, PLUGINS
+from trtq.fp4 import ACT_FORMATS as ACT_FP4_FORMATS
+from trtq.fp4 import FP4_FORMATS, FP32_SCALES
+from trtq.winograd.conv import TILES
+from trtq.winograd.quant import GRANULARITIES as ACT_GRANULARITIES
 
 WINOGRAD, FP4_GEMM = "WinogradConvInt8", "FP4GroupGemm"
 PLUGIN_IDS = tuple(f"{PLUGIN_DOMAIN}::{name}" for name in (WINOGRAD, FP4_GEMM))
-TILES = (2, 4, 6)
-ACT_GRANULARITIES = ("tensor", "group", "position-group")
-FP4_FORMATS = ("fp4_e2m1", "fp4_e3m0", "fp4_e1m2")
-ACT_FORMATS = FP4_FORMATS + ("fp8_e4m3", "none")
-SCALE_FORMATS = ("float32", "fp8_e4m3")
+# What the ops accept, from where the ops define it.
+ACT_FORMATS = ACT_FP4_FORMATS + ("none",)  # "none": W4A16
+SCALE_FORMATS = (FP32_SCALES, "fp8_e4m3")
 
 
 def _get(attrs: dict, op: str, name: str, kind):
@@ -40,6 +42,11 @@ def _get(attrs: dict, op: str, name: str, kind):
     return value
 
 
+def _one_of(op: str, name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise TrtqError(f"trtq::{op}: {name} {value!r} is not one of {choices}")
+
+
 @dataclass(frozen=True)
 class WinogradAttrs:
     tile: int
@@ -52,14 +59,12 @@ class WinogradAttrs:
         op = WINOGRAD
         tile, pads = _get(attrs, op, "tile", int), _get(attrs, op, "pads", list)
         group, gran = _get(attrs, op, "group_size", int), _get(attrs, op, "act_granularity", str)
-        if tile not in TILES:
-            raise TrtqError(f"trtq::{op}: tile {tile} is not one of {TILES}")
+        _one_of(op, "tile", tile, TILES)
         if len(pads) != 2 or min(pads) < 0:
             raise TrtqError(f"trtq::{op}: pads {pads} should be [pad_h, pad_w] >= 0")
         if group < 1:
             raise TrtqError(f"trtq::{op}: group_size {group} should be >= 1")
-        if gran not in ACT_GRANULARITIES:
-            raise TrtqError(f"trtq::{op}: act_granularity {gran!r} is not one of {ACT_GRANULARITIES}")
+        _one_of(op, "act_granularity", gran, ACT_GRANULARITIES)
         return cls(tile, (pads[0], pads[1]), group, gran)
 
 
@@ -77,12 +82,9 @@ class FP4GemmAttrs:
         wf, af = _get(attrs, op, "weight_format", str), _get(attrs, op, "act_format", str)
         group, sf = _get(attrs, op, "group_size", int), _get(attrs, op, "scale_format", str)
         clip = _get(attrs, op, "act_clip", float)
-        if wf not in FP4_FORMATS:
-            raise TrtqError(f"trtq::{op}: weight_format {wf!r} is not one of {FP4_FORMATS}")
-        if af not in ACT_FORMATS:
-            raise TrtqError(f"trtq::{op}: act_format {af!r} is not one of {ACT_FORMATS}")
-        if sf not in SCALE_FORMATS:
-            raise TrtqError(f"trtq::{op}: scale_format {sf!r} is not one of {SCALE_FORMATS}")
+        _one_of(op, "weight_format", wf, FP4_FORMATS)
+        _one_of(op, "act_format", af, ACT_FORMATS)
+        _one_of(op, "scale_format", sf, SCALE_FORMATS)
         if group < 1:
             raise TrtqError(f"trtq::{op}: group_size {group} should be >= 1")
         if not 0.0 < clip <= 1.0:

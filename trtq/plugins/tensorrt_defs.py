@@ -29,7 +29,7 @@ import torch
 import trtq.ops.fp4_gemm  # noqa: F401  (registers torch.ops.trtq.fp4_group_gemm)
 import trtq.ops.winograd_conv  # noqa: F401  (registers torch.ops.trtq.winograd_conv_int8)
 from trtq.plugins.plans import FP4_GEMM_CONFIGS, WINOGRAD_GEMM_CONFIGS, fp4_aot_plan
-from trtq.plugins.specs import FP4GemmAttrs, WinogradAttrs
+from trtq.plugins.specs import FP4GemmAttrs, WinogradAttrs, fp4_output_shape, winograd_output_shape
 
 _FLOAT = "FP32|FP16|BF16"
 
@@ -49,8 +49,12 @@ def _maybe(t: Any, present: bool) -> torch.Tensor | None:
     return _torch(t) if present else None
 
 
-def _attrs_dict(**kwargs: Any) -> dict:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+def _like(x: Any, shape: tuple) -> Any:
+    """x's descriptor (dtype, format) with the shape `specs` computed from the inputs' shape expressions."""
+    out = x.like()
+    for i, dim in enumerate(shape):
+        out.shape_expr[i] = dim
+    return out
 
 
 # --------------------------------------------------------------------------------------- WinogradConvInt8
@@ -58,14 +62,8 @@ def _attrs_dict(**kwargs: Any) -> dict:
 def winograd_desc(x: trtp.TensorDesc, w_int8: trtp.TensorDesc, w_scale: trtp.TensorDesc, bias: trtp.TensorDesc,
                   at: trtp.TensorDesc, bt: trtp.TensorDesc, act_scale: trtp.TensorDesc, tile: int,
                   pads: np.ndarray, group_size: int, act_granularity: str, inputs_present: str) -> trtp.TensorDesc:
-    attrs = WinogradAttrs.parse(_attrs_dict(tile=tile, pads=pads, group_size=group_size,
-                                            act_granularity=act_granularity))
-    out = x.like()
-    ph, pw = attrs.pads
-    out.shape_expr[1] = w_int8.shape_expr[2]
-    out.shape_expr[2] = x.shape_expr[2] + (2 * ph - 2)
-    out.shape_expr[3] = x.shape_expr[3] + (2 * pw - 2)
-    return out
+    attrs = WinogradAttrs.parse(dict(tile=tile, pads=pads, group_size=group_size, act_granularity=act_granularity))
+    return _like(x, winograd_output_shape(list(x.shape_expr), list(w_int8.shape_expr), attrs))
 
 
 @trtp.autotune("trtq::WinogradConvInt8")
@@ -95,11 +93,9 @@ def fp4_desc(x: trtp.TensorDesc, weight_packed: trtp.TensorDesc, weight_scale: t
              weight_tensor_scale: trtp.TensorDesc, bias: trtp.TensorDesc, act_scale: trtp.TensorDesc,
              weight_format: str, act_format: str, group_size: int, scale_format: str,
              act_clip: float, inputs_present: str) -> trtp.TensorDesc:
-    FP4GemmAttrs.parse(_attrs_dict(weight_format=weight_format, act_format=act_format, group_size=group_size,
-                                   scale_format=scale_format, act_clip=act_clip))
-    out = x.like()
-    out.shape_expr[x.ndim - 1] = weight_packed.shape_expr[0]
-    return out
+    FP4GemmAttrs.parse(dict(weight_format=weight_format, act_format=act_format, group_size=group_size,
+                            scale_format=scale_format, act_clip=act_clip))
+    return _like(x, fp4_output_shape(list(x.shape_expr), list(weight_packed.shape_expr)))
 
 
 @trtp.autotune("trtq::FP4GroupGemm")
@@ -135,8 +131,8 @@ def fp4_aot_impl(x, weight_packed, weight_scale, weight_tensor_scale, bias, act_
                  act_format: str, group_size: int, scale_format: str, act_clip: float, inputs_present: str,
                  outputs, tactic: int) -> tuple:
     has = _present(inputs_present, 6)
-    attrs = FP4GemmAttrs.parse(_attrs_dict(weight_format=weight_format, act_format=act_format,
-                                           group_size=group_size, scale_format=scale_format, act_clip=act_clip))
+    attrs = FP4GemmAttrs.parse(dict(weight_format=weight_format, act_format=act_format, group_size=group_size,
+                                    scale_format=scale_format, act_clip=act_clip))
     # The plan needs concrete sizes for K and N (constexprs / weights, fixed); M is symbolic: plan with M = 1
     # and take the grid's N part from the plan, the M part from TensorRT's expression.
     k, n = 2 * weight_packed.shape_expr[1].constant_value, weight_packed.shape_expr[0].constant_value
