@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from trtq import QuantScheme
+from trtq.errors import TrtqError
 from trtq.formats import get_format, pack_4bit, unpack_4bit
 from trtq.fp4 import dynamic_act_scales, group_amax, quantize_groups, scales_from_amax
 from trtq.nn.fp4_linear import FP4Linear
@@ -283,11 +284,32 @@ def test_launch_grids_are_functions_of_the_shapes():
     assert kernels.act_quant_blocks(1152, 1) == (2048, 1, 2)
 
 
-def test_fp4_lookup_tables_are_exact_e4m3():
-    for fmt, (lo, hi) in kernels.FP4_LOOKUP.items():
-        table = torch.tensor([(lo >> 8 * i) & 0xFF for i in range(4)] + [(hi >> 8 * i) & 0xFF for i in range(4)],
-                             dtype=torch.uint8)
-        assert torch.equal(table.view(torch.float8_e4m3fn).float(), get_format(fmt).decode(torch.arange(8)))
+def test_fp4_decode_by_shift_gives_every_value_of_every_format():
+    """The GEMM's decode (`fp4_pairs_to_fp8`, run in the interpreter on all 256 packed bytes) times UNSCALE is
+    the format's decode of both nibbles, for every FP4 format."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def decode_kernel(p_ptr, lo_ptr, hi_ptr, SHIFT: tl.constexpr):
+        i = tl.arange(0, 256)
+        lo, hi = kernels.fp4_pairs_to_fp8(tl.load(p_ptr + i), SHIFT)
+        tl.store(lo_ptr + i, lo.to(tl.float32))
+        tl.store(hi_ptr + i, hi.to(tl.float32))
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter on CPU tensors, else the GPU
+    packed = torch.arange(256, dtype=torch.int32).to(torch.uint8).to(dev)
+    for fmt, (shift, unscale) in kernels.FP4_DECODE.items():
+        lo, hi = torch.empty(256, device=dev), torch.empty(256, device=dev)
+        decode_kernel[(1,)](packed, lo, hi, SHIFT=shift)
+        lo, hi = lo.cpu(), hi.cpu()
+        want = get_format(fmt).decode(torch.arange(256) % 16), get_format(fmt).decode(torch.arange(256) // 16)
+        assert torch.equal(lo * unscale, want[0].float()) and torch.equal(hi * unscale, want[1].float()), fmt
+
+
+def test_fp4_decode_refuses_a_format_the_shift_cannot_give():
+    with pytest.raises(TrtqError, match="4-bit"):
+        kernels.fp4_decode("fp8_e4m3")
 
 
 def test_benchmark_needs_a_cuda_gpu(tmp_path):

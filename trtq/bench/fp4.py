@@ -6,7 +6,8 @@
    weight scales, per-token activation scales, one scaling in the epilogue), NVFP4 (groups of 16, FP8
    scales), the fused activation quantization, and the GEMM alone on pre-quantized activations; cuBLAS BF16
    (`torch.matmul`); FP8 E4M3 per-tensor `torch._scaled_mm` on pre-quantized operands.
-   CUDA events around each run, L2 flushed before each, warm-up first, median of --runs (≥ 50).
+   GPU time per call from CUDA-graph replays (trtq.bench.timing; host launch overhead out), rotating over
+   3 input sets, median of --runs (≥ 50); the Python-launched (eager) time beside it.
 2. A whole DiT-XL/2 forward (diffusers `DiTTransformer2DModel`, published config, random weights, BF16,
    256x256, batch 8 with CFG): BF16 under torch.compile vs the w4a4-fp4-hqdit and w4a8-fp4 recipes running
    these kernels under torch.compile.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from trtq.bench.timing import eager_ms, graph_ms
 from trtq.kernels import direct_launches
 
 # Dense tensor-core peaks (TFLOPS, datasheet, without sparsity): BF16, FP8, by the first substring of the
@@ -56,21 +58,13 @@ OURS = [("fp4-g32", 32, "float32", False), ("fp4-g32-fused", 32, "float32", True
         ("nvfp4-g16", 16, "fp8_e4m3", False)]
 
 
-def _median_ms(fn, runs: int, warmup: int) -> float:
-    """Median over `runs` of one call, timed with CUDA events, L2 flushed (256 MB written) before each."""
-    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+SETS = 3  # input sets a measurement rotates over (each its own x and weights), so L2 does not hold them all
+
+
+def _times(fn, sets: list, runs: int) -> dict:
+    """{"ms": GPU time per call (CUDA graph of one call per input set, replayed), "eager_ms": launched from
+    Python}; see trtq.bench.timing."""
+    return {"ms": graph_ms(fn, sets, runs), "eager_ms": eager_ms(fn, sets, runs)}
 
 
 def _device_info() -> dict:
@@ -101,30 +95,37 @@ def _packed_layer(n: int, k: int, g: int, scale_format: str):
     return packed, stored, tensor_scale, packed.numel() + stored.numel() * stored.element_size()
 
 
-def bench_linear(n: int, k: int, m: int, runs: int, warmup: int) -> list[dict]:
+def bench_linear(n: int, k: int, m: int, runs: int) -> list[dict]:
     from trtq.kernels import fp4_gemm as kernels
+    from trtq.ops.fp4_gemm import reference
 
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(SETS)]
+    ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(SETS)]
     flops = 2.0 * m * n * k
-    rows = [{"impl": "bf16 torch.matmul", "ms": _median_ms(lambda: torch.matmul(x, w.T), runs, warmup),
-             "weight_bytes": w.numel() * 2, "peak": "bf16"}]
-    x8, w8 = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
+    rows = [{"impl": "bf16 torch.matmul", "weight_bytes": n * k * 2, "peak": "bf16",
+             **_times(lambda xw: torch.matmul(xw[0], xw[1].T), list(zip(xs, ws)), runs)}]
     one = torch.ones((), device="cuda")
-    rows.append({"impl": "fp8 torch._scaled_mm (per tensor)", "weight_bytes": w8.numel(), "peak": "fp8",
-                 "ms": _median_ms(lambda: torch._scaled_mm(x8, w8.T, one, one, out_dtype=torch.bfloat16),
-                                  runs, warmup)})
+    fp8 = [(x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)) for x, w in zip(xs, ws)]
+    rows.append({"impl": "fp8 torch._scaled_mm (per tensor)", "weight_bytes": n * k, "peak": "fp8",
+                 **_times(lambda xw: torch._scaled_mm(xw[0], xw[1].T, one, one, out_dtype=torch.bfloat16), fp8,
+                          runs)})
     for name, g, scale_format, fused in OURS:
         g = g or k
-        packed, scale, tensor_scale, nbytes = _packed_layer(n, k, g, scale_format)
-        args = (x, packed, scale, tensor_scale, None, None, "fp4_e2m1", "fp4_e2m1", g, scale_format, 1.0)
-        op = lambda: kernels.fp4_group_gemm(*args, fuse_act_quant=fused)  # noqa: E731
-        row = {"impl": f"ours {name}", "group": g, "weight_bytes": nbytes, "peak": "fp8"}
+        row = {"impl": f"ours {name}", "group": g, "peak": "fp8"}
         try:
-            row["ms"] = _median_ms(op, runs, warmup)
+            layers = [_packed_layer(n, k, g, scale_format) for _ in range(SETS)]
+            row["weight_bytes"] = layers[0][3]
+            sets = [(x,) + layer[:3] for x, layer in zip(xs, layers)]
+            op = lambda s: kernels.fp4_group_gemm(s[0], s[1], s[2], s[3], None, None, "fp4_e2m1", "fp4_e2m1", g,  # noqa: E731
+                                                  scale_format, 1.0, fuse_act_quant=fused)
+            row.update(_times(op, sets, runs))
+            # the tuned kernels' result on this very shape against the op's PyTorch reference
+            ref = reference(*sets[0][:4], None, None, "fp4_e2m1", "fp4_e2m1", g, scale_format, 1.0).float()
+            row["rel_err_vs_reference"] = ((op(sets[0]).float() - ref).norm() / ref.norm()).item()
             if not fused:  # the two kernels apart: activation quantization, GEMM on quantized activations
-                quant = lambda: kernels.quantize_activations(x, None, "fp4_e2m1", g, scale_format != "float32", 1.0)  # noqa: E731,E501
-                row["act_quant_ms"] = _median_ms(quant, runs, warmup)
+                quant = lambda x: kernels.quantize_activations(x, None, "fp4_e2m1", g, scale_format != "float32", 1.0)  # noqa: E731,E501
+                row["act_quant_ms"] = graph_ms(quant, xs, runs)
                 row["gemm_ms"] = row["ms"] - row["act_quant_ms"]
         except Exception as e:  # reported in the table, and the other implementations still run
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -165,8 +166,9 @@ def bench_dit(runs: int, warmup: int) -> list[dict]:
             compiled = torch.compile(model)
             with torch.no_grad():
                 fwd = lambda: compiled(latents, timestep=t, class_labels=labels)  # noqa: E731
-                row["ms"] = _median_ms(fwd, runs, warmup)
-        except Exception as e:  # report, never hide: a variant that fails says why in the table
+                row["eager_ms"] = eager_ms(lambda _: fwd(), [None], runs, warmup)
+                row["ms"] = graph_ms(lambda _: fwd(), [None], runs)
+        except Exception as e:  # report, never hide: a variant that fails (or fails to capture) says why
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         results.append(row)
         torch.cuda.empty_cache()
@@ -181,28 +183,30 @@ def markdown(info: dict, linears: list[dict], models: list[dict]) -> str:
     lines = [f"# FP4 group GEMM benchmark: {info['device']}", "",
              f"{info['date']} · sm_{info['capability'].replace('.', '')} · torch {info['torch']} · "
              f"Triton {info['triton']} · CUDA {info['cuda']} · `python -m trtq.bench.fp4`", "",
-             "Median of the runs, CUDA events, L2 flushed before each run. Ours: W4A4 E2M1 with dynamic "
+             f"GPU time of one call from CUDA-graph replays, rotating over {SETS} input sets (median of the "
+             "runs; host launch overhead out; `eager`: launched from Python). Ours: W4A4 E2M1 with dynamic "
              "activations (activation quantization + GEMM; `act quant` is the first kernel alone). "
              "% peak: of the dense datasheet peak (BF16 for cuBLAS BF16, FP8 otherwise).", "",
-             "| model | layer | M | N | K | implementation | ms | act quant ms | TFLOPS | % peak | x BF16 | "
-             "weight MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | layer | M | N | K | implementation | ms | eager ms | act quant ms | TFLOPS | % peak | "
+             "x BF16 | weight MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in linears:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['layer']} | {r['M']} | {r['N']} | {r['K']} | {r['impl']} | "
-                         f"failed: {r['error']} | | | | | |")
+                         f"failed: {r['error']} | | | | | | |")
             continue
         peak = info[f"peak_tflops_{r['peak']}"]
         pct = f"{100 * r['tflops'] / peak:.0f}" if peak else "–"
         aq = f"{r['act_quant_ms']:.4f}" if "act_quant_ms" in r else ""
         lines.append(f"| {r['model']} | {r['layer']} | {r['M']} | {r['N']} | {r['K']} | {r['impl']} | "
-                     f"{r['ms']:.4f} | {aq} | {r['tflops']:.0f} | {pct} | {r['speedup_vs_bf16']:.2f} | "
+                     f"{r['ms']:.4f} | {r['eager_ms']:.4f} | {aq} | {r['tflops']:.0f} | {pct} | {r['speedup_vs_bf16']:.2f} | "
                      f"{r['weight_bytes'] / 2**20:.2f} |")
     if models:
-        lines += ["", "| model | variant | ms / forward | x BF16 |", "|---|---|---|---|"]
+        lines += ["", "| model | variant | ms / forward (CUDA graph) | eager ms | x BF16 |", "|---|---|---|---|---|"]
         for r in models:
-            ms = f"{r['ms']:.2f}" if "ms" in r else r.get("error", "")
+            ms = f"{r['ms']:.2f}" if "ms" in r else "failed: " + r.get("error", "")
+            eager = f"{r['eager_ms']:.2f}" if "eager_ms" in r else ""
             sp = f"{r['speedup_vs_bf16']:.2f}" if "speedup_vs_bf16" in r else ""
-            lines.append(f"| {r['model']} | {r['variant']} | {ms} | {sp} |")
+            lines.append(f"| {r['model']} | {r['variant']} | {ms} | {eager} | {sp} |")
     return "\n".join(lines) + "\n"
 
 
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for m in (m for m in ms if m <= args.max_m):
             with direct_launches():  # eager calls of the launch functions: no wrap_triton dispatch
-                rows = bench_linear(n, k, m, args.runs, args.warmup)
+                rows = bench_linear(n, k, m, args.runs)
             bf16 = rows[0]["ms"]
             for r in rows:
                 r.update(model=model, layer=layer, M=m, N=n, K=k)
@@ -237,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{model:9s} {layer:15s} M={m:6d} {r['impl']:34s} FAILED {r['error']}", flush=True)
                     continue
                 r["speedup_vs_bf16"] = bf16 / r["ms"]
+                err = f" rel.err {r['rel_err_vs_reference']:.1e}" if "rel_err_vs_reference" in r else ""
                 print(f"{model:9s} {layer:15s} M={m:6d} N={n:6d} K={k:6d} {r['impl']:34s} {r['ms']:.4f} ms "
-                      f"{r['tflops']:6.0f} TFLOPS x{r['speedup_vs_bf16']:.2f}", flush=True)
+                      f"(eager {r['eager_ms']:.4f}) {r['tflops']:6.0f} TFLOPS x{r['speedup_vs_bf16']:.2f}{err}",
+                      flush=True)
             linears += rows
         _write(Path(args.out), info, linears, [])  # after each model's shapes: a run cut short keeps them
     models = [] if args.no_model else bench_dit(max(args.runs // 2, 50), args.warmup)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from trtq.bench.timing import eager_ms, graph_ms
 from trtq.kernels import direct_launches
 
 # The published UNet configs (diffusers config.json of runwayml/stable-diffusion-v1-5 and
@@ -106,36 +107,17 @@ def conv3x3_shapes(model: str, batch: int = BATCH) -> list[ConvShape]:
     return sorted(shapes)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Timing (CUDA events, warm-up, median)
-
-def time_ms(fn, inputs: list, repeats: int, warmup: int = 10) -> float:
-    """Median of `repeats` timed calls, each on the next input set in turn (so L2 does not hold the input)."""
-    for i in range(warmup):
-        fn(inputs[i % len(inputs)])
-    torch.cuda.synchronize()
-    times = []
-    for i in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(inputs[i % len(inputs)])
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def ceilings(repeats: int) -> dict:
     """Measured device ceilings: copy bandwidth (read + write), FP16 and INT8 matrix-product rates."""
     n = 1 << 28  # 512 MiB of fp16
     src = torch.randn(n, device="cuda", dtype=torch.float16)
     dst = torch.empty_like(src)
-    t = time_ms(lambda _: dst.copy_(src), [None], repeats)
+    t = graph_ms(lambda _: dst.copy_(src), [None], repeats)
     k = 8192
     a = torch.randn(k, k, device="cuda", dtype=torch.float16)
-    t_mm = time_ms(lambda _: a @ a, [None], repeats)
+    t_mm = graph_ms(lambda _: a @ a, [None], repeats)
     ai = torch.randint(-128, 127, (k, k), device="cuda", dtype=torch.int8)
-    t_int = time_ms(lambda _: torch._int_mm(ai, ai), [None], repeats)
+    t_int = graph_ms(lambda _: torch._int_mm(ai, ai), [None], repeats)
     return {"copy_GBps": 2 * n * 2 / t / 1e6, "fp16_mm_TFLOPS": 2 * k**3 / t_mm / 1e9,
             "int8_mm_TOPS": 2 * k**3 / t_int / 1e9}
 
@@ -157,8 +139,10 @@ def bench_shape(s: ConvShape, repeats: int, sets: int = 4) -> dict:
     for name, dtype in (("cudnn_fp16", torch.float16), ("cudnn_bf16", torch.bfloat16)):
         x16 = [x.to(dtype) for x in xs]
         w16, b16 = weight.to(dtype).to(memory_format=torch.channels_last), bias.to(dtype)
-        ms = time_ms(lambda x: F.conv2d(x, w16, b16, padding=s.padding), x16, repeats)
-        row[name] = {"ms": ms, "TOPS": s.ops / ms / 1e9, "GBps": (act_bytes + 2 * weight.numel()) / ms / 1e6}
+        conv = lambda x: F.conv2d(x, w16, b16, padding=s.padding)  # noqa: E731
+        ms = graph_ms(conv, x16, repeats)
+        row[name] = {"ms": ms, "eager_ms": eager_ms(conv, x16, repeats), "TOPS": s.ops / ms / 1e9,
+                     "GBps": (act_bytes + 2 * weight.numel()) / ms / 1e6}
     if s.cin % GROUP_SIZE:
         row["note"] = f"Cin {s.cin} is not a multiple of {GROUP_SIZE}: the recipes run this conv as w8a8-minmax"
         return row
@@ -170,10 +154,19 @@ def bench_shape(s: ConvShape, repeats: int, sets: int = 4) -> dict:
         n = tile + 2
         args = (codes, w_scale, bias, at, bt, tile, list(pad), GROUP_SIZE, "group", None)
         out = {}
-        for label, fuse in (("fused", True), ("split", False)):
-            ms = time_ms(lambda x: wk.winograd_conv_int8_triton(x, *args, fuse_output=fuse), x16, repeats)
-            out[label] = {"ms": ms, "TOPS": s.ops / ms / 1e9,
-                          "GBps": (act_bytes + codes.numel() + 4 * w_scale.numel()) / ms / 1e6}
+        for variant in wk.INPUT_KERNELS:
+            for label, fuse in (("fused", True), ("split", False)):
+                op = lambda x: wk.winograd_conv_int8_triton(x, *args, fuse_output=fuse, input_variant=variant)  # noqa: E731,E501
+                ms = graph_ms(op, x16, repeats)
+                out[label if variant == "rows" else f"{label}-{variant}"] = {
+                    "ms": ms, "eager_ms": eager_ms(op, x16, repeats), "TOPS": s.ops / ms / 1e9,
+                    "GBps": (act_bytes + codes.numel() + 4 * w_scale.numel()) / ms / 1e6}
+        # The variants against the op's PyTorch reference on the first input set (relative L2 error).
+        from trtq.ops.winograd_conv import winograd_conv_int8_reference
+        ref = winograd_conv_int8_reference(x16[0], *args).float()
+        for variant in wk.INPUT_KERNELS:
+            y_v = wk.winograd_conv_int8_triton(x16[0], *args, input_variant=variant).float()
+            out[f"rel_err_{variant}"] = ((y_v - ref).norm() / ref.norm()).item()
         # Per stage, each launched alone on the same data.
         out_h, out_w, th, tw = wk._grid_shape(x16[0], tile, pad)
         vq, sa, strides = wk.input_stage(x16[0], bt, tile, pad, GROUP_SIZE, "group", None)
@@ -183,13 +176,16 @@ def bench_shape(s: ConvShape, repeats: int, sets: int = 4) -> dict:
         stage = lambda mode, src, dst: (lambda _: wk.gemm_stage(  # noqa: E731
             src, codes, w_scale, sa, strides, at, bias, dst, tile, GROUP_SIZE, mode, (th, tw), (out_h, out_w)))
         out["stages_ms"] = {
-            "input_transform_quant": time_ms(lambda x: wk.input_stage(x, bt, tile, pad, GROUP_SIZE, "group", None),
-                                             x16, repeats),
-            "gemm_to_M": time_ms(stage(1, vq, m), [None], repeats),
-            "output_transform_from_M": time_ms(stage(2, m, y), [None], repeats),
-            "gemm_fused_output": time_ms(stage(0, vq, y), [None], repeats),
+            "input_transform_quant": graph_ms(lambda x: wk.input_stage(x, bt, tile, pad, GROUP_SIZE, "group", None,
+                                                                       "rows"), x16, repeats),
+            "input_transform_quant_positions": graph_ms(
+                lambda x: wk.input_stage(x, bt, tile, pad, GROUP_SIZE, "group", None, "positions"), x16, repeats),
+            "gemm_to_M": graph_ms(stage(1, vq, m), [None], repeats),
+            "output_transform_from_M": graph_ms(stage(2, m, y), [None], repeats),
+            "gemm_fused_output": graph_ms(stage(0, vq, y), [None], repeats),
         }
-        best = min(out["fused"]["ms"], out["split"]["ms"])
+        best = min(v["ms"] for k, v in out.items() if k.startswith(("fused", "split")))
+        out["best_ms"] = best
         out["speedup_vs_cudnn_fp16"] = row["cudnn_fp16"]["ms"] / best
         row[f"F({tile},3)"] = out
     return row
@@ -231,10 +227,11 @@ def unet_step(repeats: int, only: list[str] | None = None) -> dict:
         compiled = torch.compile(model)
         with torch.no_grad():
             try:
-                ms = time_ms(lambda _: compiled(*args, **kwargs), [None], repeats, warmup=3)
-                results[name] = {"ms": ms}
-            except Exception as e:  # a variant that does not compile is reported, not hidden
-                results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+                step = lambda _: compiled(*args, **kwargs)  # noqa: E731
+                results[name] = {"eager_ms": eager_ms(step, [None], repeats, warmup=3)}
+                results[name]["ms"] = graph_ms(step, [None], repeats)
+            except Exception as e:  # a variant that does not compile (or capture) is reported, not hidden
+                results.setdefault(name, {})["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         del model, compiled
         torch.cuda.empty_cache()
     if "ms" in results.get("fp16", {}):
@@ -255,43 +252,52 @@ def environment() -> dict:
             "cudnn": torch.backends.cudnn.version(), "python": platform.python_version()}
 
 
+def _best(f: dict) -> str:
+    """'ms (which)': the fastest of the op's variants (fused/split output x rows/positions input kernel)."""
+    name = min((k for k in f if k.startswith(("fused", "split"))), key=lambda k: f[k]["ms"])
+    return f"{f[name]['ms']:.4f} ({name})"
+
+
 def markdown(result: dict) -> str:
     env, lines = result["environment"], []
     lines += [f"# Winograd INT8 conv benchmark: {env['device']}", "",
               f"{env['date']}; torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}, "
-              f"cuDNN {env['cudnn']}. Batch {BATCH}, channels-last, group size {GROUP_SIZE}, median of "
-              f"{result['repeats']} runs (CUDA events).", "",
+              f"cuDNN {env['cudnn']}. Batch {BATCH}, channels-last, group size {GROUP_SIZE}. GPU time of one "
+              f"call from CUDA-graph replays (median of {result['repeats']}; trtq.bench.timing), so host launch "
+              "overhead is out; `eager` is the same call launched from Python.", "",
               "Measured ceilings: " + ", ".join(f"{k} {v:.0f}" for k, v in result["ceilings"].items()), ""]
     for model, rows in result["shapes"].items():
         lines += [f"## {model}: 3x3 stride-1 convs", "",
-                  "| N x Cin x H x W -> Cout | cuDNN FP16 ms | BF16 ms | F(4,3) ms | F(6,3) ms | F(4,3) x | "
-                  "F(6,3) x | F(4,3) stages in/gemm/out/fused ms |", "|---|---|---|---|---|---|---|---|"]
+                  "| N x Cin x H x W -> Cout | cuDNN FP16 ms | BF16 ms | F(4,3) ms (variant) | F(6,3) ms (variant) | "
+                  "F(4,3) x | F(6,3) x | F(4,3) eager ms | F(4,3) stages in rows/in positions/gemm/out/fused ms |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
+            shape = f"{r['batch']}x{r['cin']}x{r['h']}x{r['w']} -> {r['cout']}"
             if "error" in r:
-                lines.append(f"| {r['batch']}x{r['cin']}x{r['h']}x{r['w']} -> {r['cout']} | failed: {r['error']} "
-                             "| | | | | | |")
+                lines.append(f"| {shape} | failed: {r['error']} | | | | | | | |")
                 continue
             if "note" in r:
-                lines.append(f"| {r['batch']}x{r['cin']}x{r['h']}x{r['w']} -> {r['cout']} | "
-                             f"{r['cudnn_fp16']['ms']:.4f} | {r['cudnn_bf16']['ms']:.4f} | {r['note']} | | | | |")
+                lines.append(f"| {shape} | {r['cudnn_fp16']['ms']:.4f} | {r['cudnn_bf16']['ms']:.4f} | {r['note']} "
+                             "| | | | | |")
                 continue
             f4, f6 = r["F(4,3)"], r["F(6,3)"]
             st = f4["stages_ms"]
             lines.append(
-                f"| {r['batch']}x{r['cin']}x{r['h']}x{r['w']} -> {r['cout']} | {r['cudnn_fp16']['ms']:.4f} | "
-                f"{r['cudnn_bf16']['ms']:.4f} | {min(f4['fused']['ms'], f4['split']['ms']):.4f} | "
-                f"{min(f6['fused']['ms'], f6['split']['ms']):.4f} | {f4['speedup_vs_cudnn_fp16']:.2f} | "
-                f"{f6['speedup_vs_cudnn_fp16']:.2f} | {st['input_transform_quant']:.4f} / {st['gemm_to_M']:.4f} / "
-                f"{st['output_transform_from_M']:.4f} / {st['gemm_fused_output']:.4f} |")
+                f"| {shape} | {r['cudnn_fp16']['ms']:.4f} | {r['cudnn_bf16']['ms']:.4f} | {_best(f4)} | {_best(f6)} | "
+                f"{f4['speedup_vs_cudnn_fp16']:.2f} | {f6['speedup_vs_cudnn_fp16']:.2f} | "
+                f"{min(v['eager_ms'] for k, v in f4.items() if k.startswith(('fused', 'split'))):.4f} | "
+                f"{st['input_transform_quant']:.4f} / {st.get('input_transform_quant_positions', float('nan')):.4f} / "
+                f"{st['gemm_to_M']:.4f} / {st['output_transform_from_M']:.4f} / {st['gemm_fused_output']:.4f} |")
         speed = sorted(r["F(4,3)"]["speedup_vs_cudnn_fp16"] for r in rows if "F(4,3)" in r)
         if speed:
             lines += ["", f"Median F(4,3) speed-up over cuDNN FP16: {statistics.median(speed):.2f}x", ""]
     if "unet_step" in result:
-        lines += ["## Whole SD 1.5 UNet step (512x512, batch 2, torch.compile)", "", "| variant | ms | x FP16 |",
-                  "|---|---|---|"]
+        lines += ["## Whole SD 1.5 UNet step (512x512, batch 2, torch.compile)", "",
+                  "| variant | ms (CUDA graph) | eager ms | x FP16 |", "|---|---|---|---|"]
         for name, r in result["unet_step"].items():
-            lines.append(f"| {name} | {r.get('ms', float('nan')):.2f} | {r.get('speedup_vs_fp16_compile', 0):.2f} |"
-                         if "ms" in r else f"| {name} | {r['error']} | |")
+            graph = f"{r['ms']:.2f}" if "ms" in r else f"failed: {r.get('error', '')}"
+            eager = f"{r['eager_ms']:.2f}" if "eager_ms" in r else ""
+            lines.append(f"| {name} | {graph} | {eager} | {r.get('speedup_vs_fp16_compile', 0):.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,8 +4,9 @@ Two kernels, launched by `fp4_group_gemm` below:
 - `act_quant_kernel`: activations -> FP8 E4M3 bytes holding values of the activation format, plus the
   per-(row, group) scales (and, for FP8 scales, one FP32 scale per row). Memory-bound, one pass over x
   (two for FP8 scales: the row's largest group scale must be known before any group is quantized).
-- `fp4_gemm_kernel`: unpacks 4-bit weight codes to FP8 E4M3 in registers (a 16-entry table held in two
-  32-bit constants; every FP4 value is exact in E4M3), FP8 `tl.dot` with FP32 accumulation, one partial dot
+- `fp4_gemm_kernel`: unpacks 4-bit weight codes to FP8 E4M3 in registers (a shift of the code's bits into
+  E4M3's fields, exact for every FP4 format up to a power of two folded into the weight scales; see
+  `fp4_pairs_to_fp8`), FP8 `tl.dot` with FP32 accumulation, one partial dot
   per group scaled by (activation scale × weight scale), per-tensor / per-row scales and bias in the
   epilogue. It can also quantize activations itself while loading A (`fuse_act_quant`; FP32 scales only):
   which of the two is faster depends on N / BLOCK_N (the fused path redoes the quantization once per
@@ -81,13 +82,15 @@ def scale_from_amax(amax, act_clip, MAX_VALUE: tl.constexpr, ZERO_GROUP_SCALE: t
 
 
 @triton.jit
-def fp4_to_fp8(codes, LUT_LO: tl.constexpr, LUT_HI: tl.constexpr):
-    """4-bit codes (sign in bit 3) -> FP8 E4M3 values. LUT_LO / LUT_HI hold the E4M3 bytes of magnitudes 0-3
-    and 4-7, one per byte (every byte < 0x80, so the constants are positive int32)."""
-    c = codes.to(tl.int32)
-    mag = c & 7
-    byte = tl.where(mag < 4, LUT_LO >> (mag * 8), LUT_HI >> ((mag - 4) * 8)) & 0xFF
-    return (byte | ((c & 8) << 4)).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+def fp4_pairs_to_fp8(packed, SHIFT: tl.constexpr):
+    """Packed bytes (low nibble first, sign in bit 3 of a nibble) -> (low, high) FP8 E4M3 values, each the FP4
+    value times 2^(bias - 7). An FP4 code's exponent and mantissa bits, moved into E4M3's exponent (low
+    bits) and mantissa (top bits) fields by one shift, read as E4M3 that same value scaled by a power of two,
+    subnormals included (`fp4_decode` checks this for every code of every format): 3 integer ops a code
+    against ~10 for a table lookup. The caller multiplies the weight scales by 2^(7 - bias)."""
+    lo = ((packed & 0x08) << 4) | ((packed & 0x07) << SHIFT)
+    hi = (packed & 0x80) | ((packed & 0x70) >> (4 - SHIFT))
+    return lo.to(tl.float8e4nv, bitcast=True), hi.to(tl.float8e4nv, bitcast=True)
 
 
 @triton.jit
@@ -159,12 +162,25 @@ def act_quant_kernel(
 
 
 def _gemm_configs():
-    if INTERPRETED:  # the interpreter runs one program at a time in numpy: few, large-enough tiles
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
-    shapes = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (64, 128, 4, 4),
-              (128, 64, 4, 4), (64, 64, 4, 3)]
-    return tuned([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
-                  for bm, bn, w, s in shapes])
+    """(BLOCK_M, BLOCK_N, warps, stages, LOADS_PER_STEP): LOADS_PER_STEP > 1 only matters with group scales
+    (the pruning drops it for one-group GEMMs)."""
+    if INTERPRETED:  # the interpreter runs one program at a time in numpy: few, large-enough tiles; 2 loads a
+        # step so that the tests cover the unrolled path and its masked tail
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "GROUP_M": 4, "LOADS_PER_STEP": 2}, num_warps=4,
+                              num_stages=1)]
+    shapes = [(128, 128, 8, 3, 1), (128, 128, 8, 3, 2), (128, 128, 8, 3, 4), (128, 128, 8, 4, 1),
+              (128, 256, 8, 3, 1), (128, 256, 8, 3, 2), (256, 128, 8, 3, 1), (64, 128, 4, 4, 1),
+              (64, 128, 4, 4, 2), (128, 64, 4, 4, 1), (64, 64, 4, 3, 1)]
+    return tuned([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8, "LOADS_PER_STEP": lps},
+                                num_warps=w, num_stages=st) for bm, bn, w, st, lps in shapes])
+
+
+def _prune_gemm_configs(configs, named_args, **kwargs):
+    """Several loads a step only with group scales and when they divide the K-blocks (no masked tail)."""
+    blocks = kwargs["K"] // kwargs["BLOCK_K"] if "K" in kwargs else named_args["K"] // kwargs["BLOCK_K"]
+    kept = [c for c in configs if c.kwargs["LOADS_PER_STEP"] == 1
+            or (not kwargs["ONE_GROUP"] and blocks % c.kwargs["LOADS_PER_STEP"] == 0)]
+    return kept or configs[:1]
 
 
 @triton.jit
@@ -173,11 +189,11 @@ def fp4_gemm_kernel(
     M, N, K: tl.constexpr, act_clip,
     stride_am, stride_ak, stride_asm, stride_asg, stride_wn, stride_wsn, stride_wsg, stride_om, stride_on,
     GROUP: tl.constexpr, ONE_GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
-    W_LUT_LO: tl.constexpr, W_LUT_HI: tl.constexpr, W_SCALE_FP8: tl.constexpr,
+    W_SHIFT: tl.constexpr, W_UNSCALE: tl.constexpr, W_SCALE_FP8: tl.constexpr,
     A_MODE: tl.constexpr, A_STATIC: tl.constexpr,
     A_MAN_BITS: tl.constexpr, A_MIN_EXP: tl.constexpr, A_MAX: tl.constexpr,
     HAS_ROW_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, LOADS_PER_STEP: tl.constexpr,
 ):
     """out[M, N] = dequant(A) @ dequant(W)ᵀ (+ bias), one output tile per program.
 
@@ -192,79 +208,84 @@ def fp4_gemm_kernel(
     m_ok = offs_m < M
     n_ok = offs_n < N
     groups: tl.constexpr = K // GROUP
-    SUB: tl.constexpr = 1 if ONE_GROUP else BLOCK_K // GROUP  # groups per K-step
+    SUB: tl.constexpr = 1 if ONE_GROUP else BLOCK_K // GROUP  # groups per load
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = k0 + offs_k < K
-        a = tl.load(a_ptr + offs_m[:, None] * stride_am + (k0 + offs_k)[None, :] * stride_ak,
-                    mask=m_ok[:, None] & k_ok[None, :], other=0)
-        if A_MODE == 0:
-            a = a.to(tl.float8e4nv, bitcast=True)
-        elif A_MODE == 2:
-            x = a.to(tl.float32)
-            if A_STATIC:
-                a_sc = tl.load(a_scale_ptr + ((k0 + offs_k) // GROUP) * stride_asg, mask=k_ok, other=1.0)
-                x_sc = a_sc[None, :]
-            else:
-                amax = tl.max(tl.abs(tl.reshape(x, (BLOCK_M, SUB, GROUP))), axis=2)
-                a_sc = scale_from_amax(amax, act_clip, A_MAX, 1.0)  # [BLOCK_M, SUB]
-                x_sc = tl.reshape(tl.broadcast_to(a_sc[:, :, None], (BLOCK_M, SUB, GROUP)), (BLOCK_M, BLOCK_K))
-            a = quantize_values(x, x_sc, A_MAN_BITS, A_MIN_EXP, A_MAX).to(tl.float8e4nv)
+    # LOADS_PER_STEP K-blocks per loop iteration, unrolled: with group scales, the dots of one step are
+    # independent, so one group's rescale (CUDA cores) can overlap the next group's MMA.
+    for k_step in range(0, K, BLOCK_K * LOADS_PER_STEP):
+        for j in tl.static_range(LOADS_PER_STEP):
+            k0 = k_step + j * BLOCK_K
+            k_ok = k0 + offs_k < K
+            a = tl.load(a_ptr + offs_m[:, None] * stride_am + (k0 + offs_k)[None, :] * stride_ak,
+                        mask=m_ok[:, None] & k_ok[None, :], other=0)
+            if A_MODE == 0:
+                a = a.to(tl.float8e4nv, bitcast=True)
+            elif A_MODE == 2:
+                x = a.to(tl.float32)
+                if A_STATIC:
+                    a_sc = tl.load(a_scale_ptr + ((k0 + offs_k) // GROUP) * stride_asg, mask=k_ok, other=1.0)
+                    x_sc = a_sc[None, :]
+                else:
+                    amax = tl.max(tl.abs(tl.reshape(x, (BLOCK_M, SUB, GROUP))), axis=2)
+                    a_sc = scale_from_amax(amax, act_clip, A_MAX, 1.0)  # [BLOCK_M, SUB]
+                    x_sc = tl.reshape(tl.broadcast_to(a_sc[:, :, None], (BLOCK_M, SUB, GROUP)), (BLOCK_M, BLOCK_K))
+                a = quantize_values(x, x_sc, A_MAN_BITS, A_MIN_EXP, A_MAX).to(tl.float8e4nv)
 
-        packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 // 2 + offs_kb)[None, :],
-                         mask=n_ok[:, None] & (k0 // 2 + offs_kb < K // 2)[None, :], other=0)
-        codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_N, BLOCK_K))  # low nibble first
-        w = fp4_to_fp8(codes, W_LUT_LO, W_LUT_HI)
-        if A_MODE == 1:
-            if DOT_IEEE:  # FP32 activations (and the interpreter, whose bf16 dot is unreliable): FP32 dot
-                a = a.to(tl.float32)
-                w = w.to(tl.float32)
-            else:
-                w = w.to(tl.float32).to(a.dtype)  # via FP32: sm_89 has no direct FP8 -> bf16 conversion
-        w = tl.trans(w)
+            packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 // 2 + offs_kb)[None, :],
+                             mask=n_ok[:, None] & (k0 // 2 + offs_kb < K // 2)[None, :], other=0)
+            lo, hi = fp4_pairs_to_fp8(packed, W_SHIFT)
+            w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))  # low nibble first: k = 2 byte + nibble
+            if A_MODE == 1:
+                if DOT_IEEE:  # FP32 activations (and the interpreter, whose bf16 dot is unreliable): FP32 dot
+                    a = a.to(tl.float32)
+                    w = w.to(tl.float32)
+                else:
+                    w = w.to(tl.float32).to(a.dtype)  # via FP32: sm_89 has no direct FP8 -> bf16 conversion
+            w = tl.trans(w)
 
-        if ONE_GROUP:
-            if DOT_IEEE:
-                acc = tl.dot(a, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, w, acc)
-        else:
-            for j in tl.static_range(SUB):
-                grp = k0 // GROUP + j
-                if SUB == 1:
-                    a_j = a
-                else:  # one dot per group: the other groups' columns of A are zeroed
-                    a_j = tl.where((offs_k // GROUP == j)[None, :], a, tl.zeros_like(a))
+            if ONE_GROUP:
                 if DOT_IEEE:
-                    partial = tl.dot(a_j, w, input_precision="ieee")
+                    acc = tl.dot(a, w, acc, input_precision="ieee")
                 else:
-                    partial = tl.dot(a_j, w)
-                g_ok = grp < groups
-                sw = tl.load(w_scale_ptr + offs_n * stride_wsn + grp * stride_wsg, mask=n_ok & g_ok, other=0)
-                if W_SCALE_FP8:
-                    sw = sw.to(tl.float8e4nv, bitcast=True)
-                sw = sw.to(tl.float32)
-                if A_MODE == 0:
-                    sa = tl.load(a_scale_ptr + offs_m * stride_asm + grp * stride_asg, mask=m_ok & g_ok, other=0.0)
-                    scale = sa[:, None] * sw[None, :]
-                elif A_MODE == 1:
-                    scale = sw[None, :]
-                elif A_STATIC:
-                    sa = tl.load(a_scale_ptr + grp * stride_asg, mask=g_ok, other=0.0)
-                    scale = sa * sw[None, :]
-                elif SUB == 1:
-                    scale = tl.reshape(a_sc, (BLOCK_M,))[:, None] * sw[None, :]
-                else:
-                    sa = tl.sum(tl.where((tl.arange(0, SUB) == j)[None, :], a_sc, 0.0), axis=1)
-                    scale = sa[:, None] * sw[None, :]
-                acc = acc + partial * scale
+                    acc = tl.dot(a, w, acc)
+            else:
+                for sub in tl.static_range(SUB):
+                    grp = k0 // GROUP + sub
+                    if SUB == 1:
+                        a_j = a
+                    else:  # one dot per group: the other groups' columns of A are zeroed
+                        a_j = tl.where((offs_k // GROUP == sub)[None, :], a, tl.zeros_like(a))
+                    if DOT_IEEE:
+                        partial = tl.dot(a_j, w, input_precision="ieee")
+                    else:
+                        partial = tl.dot(a_j, w)
+                    g_ok = grp < groups
+                    sw = tl.load(w_scale_ptr + offs_n * stride_wsn + grp * stride_wsg, mask=n_ok & g_ok, other=0)
+                    if W_SCALE_FP8:
+                        sw = sw.to(tl.float8e4nv, bitcast=True)
+                    sw = sw.to(tl.float32) * W_UNSCALE
+                    if A_MODE == 0:
+                        sa = tl.load(a_scale_ptr + offs_m * stride_asm + grp * stride_asg, mask=m_ok & g_ok,
+                                     other=0.0)
+                        scale = sa[:, None] * sw[None, :]
+                    elif A_MODE == 1:
+                        scale = sw[None, :]
+                    elif A_STATIC:
+                        sa = tl.load(a_scale_ptr + grp * stride_asg, mask=g_ok, other=0.0)
+                        scale = sa * sw[None, :]
+                    elif SUB == 1:
+                        scale = tl.reshape(a_sc, (BLOCK_M,))[:, None] * sw[None, :]
+                    else:
+                        sa = tl.sum(tl.where((tl.arange(0, SUB) == sub)[None, :], a_sc, 0.0), axis=1)
+                        scale = sa[:, None] * sw[None, :]
+                    acc = acc + partial * scale
 
     if ONE_GROUP:  # the single group's scales, once
         sw = tl.load(w_scale_ptr + offs_n * stride_wsn, mask=n_ok, other=0)
         if W_SCALE_FP8:
             sw = sw.to(tl.float8e4nv, bitcast=True)
-        sw = sw.to(tl.float32)
+        sw = sw.to(tl.float32) * W_UNSCALE
         if A_MODE == 0:
             sa = tl.load(a_scale_ptr + offs_m * stride_asm, mask=m_ok, other=0.0)
             acc = acc * (sa[:, None] * sw[None, :])
@@ -288,11 +309,11 @@ def fp4_gemm_kernel(
 def fp4_gemm_plugin_entry(
     x_ptr, w_ptr, w_scale_ptr, w_tensor_scale_ptr, bias_ptr, a_scale_ptr, M, N, out_ptr,
     K: tl.constexpr, ACT_CLIP: tl.constexpr, GROUP: tl.constexpr, ONE_GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
-    W_LUT_LO: tl.constexpr, W_LUT_HI: tl.constexpr, W_SCALE_FP8: tl.constexpr,
+    W_SHIFT: tl.constexpr, W_UNSCALE: tl.constexpr, W_SCALE_FP8: tl.constexpr,
     A_MODE: tl.constexpr, A_STATIC: tl.constexpr,
     A_MAN_BITS: tl.constexpr, A_MIN_EXP: tl.constexpr, A_MAX: tl.constexpr,
     HAS_BIAS: tl.constexpr, DOT_IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, LOADS_PER_STEP: tl.constexpr,
 ):
     """`fp4_gemm_kernel` with its parameters in TensorRT's ahead-of-time plugin order: the node's six inputs
     (x, weight_packed, weight_scale, weight_tensor_scale, bias, act_scale), the int32 extra arguments (M, N),
@@ -302,12 +323,13 @@ def fp4_gemm_plugin_entry(
     fp4_gemm_kernel(
         x_ptr, a_scale_ptr, w_scale_ptr, w_ptr, w_scale_ptr, w_tensor_scale_ptr, bias_ptr, out_ptr,
         M, N, K, ACT_CLIP, K, 1, 0, 1, K // 2, K // GROUP, 1, N, 1,
-        GROUP, ONE_GROUP, BLOCK_K, W_LUT_LO, W_LUT_HI, W_SCALE_FP8, A_MODE, A_STATIC, A_MAN_BITS, A_MIN_EXP, A_MAX,
-        False, HAS_BIAS, DOT_IEEE, BLOCK_M, BLOCK_N, GROUP_M)
+        GROUP, ONE_GROUP, BLOCK_K, W_SHIFT, W_UNSCALE, W_SCALE_FP8, A_MODE, A_STATIC, A_MAN_BITS, A_MIN_EXP, A_MAX,
+        False, HAS_BIAS, DOT_IEEE, BLOCK_M, BLOCK_N, GROUP_M, LOADS_PER_STEP)
 
 
 fp4_gemm_kernel_tuned = triton.autotune(
-    configs=_gemm_configs(), key=["M", "N", "K", "GROUP", "A_MODE", "ONE_GROUP", "W_SCALE_FP8"])(fp4_gemm_kernel)
+    configs=_gemm_configs(), key=["M", "N", "K", "GROUP", "A_MODE", "ONE_GROUP", "W_SCALE_FP8"],
+    prune_configs_by={"early_config_prune": _prune_gemm_configs})(fp4_gemm_kernel)
 
 
 # ----------------------------------------------------------------------------------------- launch
@@ -335,20 +357,25 @@ def _format_constants(fmt_name: str) -> tuple[int, int, float]:
     return fmt.man_bits, fmt.min_normal_exp, fmt.max_value
 
 
-def _fp4_lookup(fmt_name: str) -> tuple[int, int]:
-    """(LUT_LO, LUT_HI): the E4M3 bytes of the format's 8 magnitudes, four per int32. Refuses a format whose
-    values are not all exact in E4M3 (the GEMM would silently round them)."""
-    mags = get_format(fmt_name).decode(torch.arange(8))
-    e4m3 = mags.to(torch.float8_e4m3fn)
-    if not torch.equal(e4m3.float(), mags):
-        raise TrtqError(f"{fmt_name} values {mags.tolist()} are not all exact in FP8 E4M3")
-    b = e4m3.view(torch.uint8).tolist()
-    return b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24, b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24
+def fp4_decode(fmt_name: str) -> tuple[int, float]:
+    """(SHIFT, UNSCALE) of `fp4_pairs_to_fp8` for an FP4 format: the shift that moves a code's exponent and
+    mantissa bits into E4M3's fields, and 2^(7 - bias), the factor between the E4M3 value read and the FP4
+    value. Checked on all 16 codes: a format for which the shift does not give every value exactly is
+    refused (the GEMM would silently compute something else)."""
+    fmt = get_format(fmt_name)
+    if not isinstance(fmt, FloatFormat) or fmt.bits != 4:
+        raise TrtqError(f"{fmt_name} is not a 4-bit float format")
+    shift, unscale = 3 - fmt.man_bits, 2.0 ** (7 - fmt.bias)
+    codes = torch.arange(16)
+    e4m3 = (((codes & 8) << 4) | ((codes & 7) << shift)).to(torch.uint8).view(torch.float8_e4m3fn)
+    if not torch.equal(e4m3.double() * unscale, fmt.decode(codes).double()):
+        raise TrtqError(f"{fmt_name}: its codes shifted into FP8 E4M3 fields do not give its values")
+    return shift, unscale
 
 
 # Built once at import: under torch.compile the launch code runs on fake tensors, which hold no data.
 FORMAT_CONSTANTS = {name: _format_constants(name) for name in ACT_FORMATS}
-FP4_LOOKUP = {name: _fp4_lookup(name) for name in FP4_FORMATS}
+FP4_DECODE = {name: fp4_decode(name) for name in FP4_FORMATS}
 
 
 def quantize_activations(rows: torch.Tensor, act_scale, act_format: str, group_size: int, fp8_scales: bool,
@@ -408,7 +435,7 @@ def fp4_group_gemm(x: torch.Tensor, weight_packed: torch.Tensor, weight_scale: t
     # The interpreter converts FP32 to bf16/fp16 by truncation (GPUs round to nearest even): store FP32 there.
     out_dtype = torch.float32 if INTERPRETED else x.dtype
     out = torch.empty(m, n, dtype=out_dtype, device=x.device)
-    lo, hi = FP4_LOOKUP[weight_format]
+    shift, unscale = FP4_DECODE[weight_format]
     a_man, a_min_exp, a_max = FORMAT_CONSTANTS[act_format] if mode == A_FUSED else (0, 0, 1.0)
     dummy = weight_scale  # any tensor: pointers of absent inputs are never read
     wrap_triton(fp4_gemm_kernel_tuned)[lambda meta: gemm_grid(m, n, meta["BLOCK_M"], meta["BLOCK_N"])](
@@ -419,7 +446,7 @@ def fp4_group_gemm(x: torch.Tensor, weight_packed: torch.Tensor, weight_scale: t
         a.stride(0), a.stride(1), a_stride_m, 1, weight_packed.stride(0), weight_scale.stride(0),
         weight_scale.stride(1), out.stride(0), out.stride(1),
         GROUP=g, ONE_GROUP=one_group, BLOCK_K=gemm_block_k(g, one_group),
-        W_LUT_LO=lo, W_LUT_HI=hi, W_SCALE_FP8=fp8_scales,
+        W_SHIFT=shift, W_UNSCALE=unscale, W_SCALE_FP8=fp8_scales,
         A_MODE=mode, A_STATIC=static, A_MAN_BITS=a_man, A_MIN_EXP=a_min_exp, A_MAX=a_max,
         HAS_ROW_SCALE=a_row_scale is not None, HAS_BIAS=bias is not None,
         # bf16/fp16 x FP4 products are exact in FP32, so an FP32 dot computes the same W4A16 block sums

@@ -350,10 +350,14 @@ def winograd_input_kernel_positions(
                  mask=t_ok[:, None, None] & c_ok[None, :, None] & pos_ok[None, None, :])
 
 
-# The input kernel the op, the benchmark and the plugin plans use: the rows variant is the one measured and
-# checked on a GPU (2026-11-23); TRTQ_WINOGRAD_INPUT=positions selects the candidate for benchmarking.
-winograd_input_kernel = (winograd_input_kernel_positions if os.environ.get("TRTQ_WINOGRAD_INPUT") == "positions"
-                         else winograd_input_kernel_rows)
+# The input kernels by name, and the one the op and the plugin plans use: the rows variant is the one
+# measured and checked on a GPU (2026-11-23); TRTQ_WINOGRAD_INPUT=positions selects the candidate (the
+# benchmark times both side by side).
+INPUT_KERNELS = {"rows": winograd_input_kernel_rows, "positions": winograd_input_kernel_positions}
+INPUT_VARIANT = os.environ.get("TRTQ_WINOGRAD_INPUT", "rows")
+if INPUT_VARIANT not in INPUT_KERNELS:
+    raise TrtqError(f"TRTQ_WINOGRAD_INPUT={INPUT_VARIANT!r}: expected one of {sorted(INPUT_KERNELS)}")
+winograd_input_kernel = INPUT_KERNELS[INPUT_VARIANT]
 
 
 @triton.jit
@@ -468,8 +472,8 @@ def _prune_gemm_configs(configs, named_args, **kwargs):
 
 
 # Tuned per shape class: the key holds every size that changes which block shape wins.
-input_kernel_tuned = triton.autotune(_input_configs(), key=["C", "P", "GROUP_SIZE", "N_SIDE", "SCALE_MODE"])(
-    winograd_input_kernel)
+input_kernels_tuned = {name: triton.autotune(_input_configs(), key=["C", "P", "GROUP_SIZE", "N_SIDE", "SCALE_MODE"])(
+    fn) for name, fn in INPUT_KERNELS.items()}
 gemm_kernel_tuned = triton.autotune(_gemm_configs(), key=["P", "Cout", "Cin", "GROUP_SIZE", "N_SIDE", "MODE"],
                                     prune_configs_by={"early_config_prune": _prune_gemm_configs})(
     winograd_gemm_kernel)
@@ -487,9 +491,11 @@ def _grid_shape(x: torch.Tensor, tile: int, padding) -> tuple[int, int, int, int
 
 
 def input_stage(x: torch.Tensor, bt: torch.Tensor, tile: int, padding, group_size: int, granularity: str,
-                act_scale: torch.Tensor | None):
-    """x -> (INT8 codes [n^2, P, Cin], act scales tensor, its (pos, p, g) strides)."""
+                act_scale: torch.Tensor | None, variant: str | None = None):
+    """x -> (INT8 codes [n^2, P, Cin], act scales tensor, its (pos, p, g) strides). variant: an INPUT_KERNELS
+    name (default INPUT_VARIANT)."""
     wrap = torch.library.wrap_triton
+    input_kernel_tuned = input_kernels_tuned[variant or INPUT_VARIANT]
     n = tile + 2
     N, C, H, W = x.shape
     groups = C // group_size
@@ -547,12 +553,14 @@ def gemm_stage(vq, w_int8, w_scale, sa, sa_strides, at, bias, out, tile: int, gr
 
 
 def winograd_conv_int8_triton(x, w_int8, w_scale, bias, at, bt, tile: int, padding, group_size: int,
-                              act_granularity: str, act_scale, fuse_output: bool | None = None) -> torch.Tensor:
+                              act_granularity: str, act_scale, fuse_output: bool | None = None,
+                              input_variant: str | None = None) -> torch.Tensor:
     """`trtq::winograd_conv_int8` on the Triton kernels (arguments checked by the op). fuse_output None: fused
-    for F(2,3), F(4,3); split for F(6,3), whose 36 outputs a tile do not fit a useful block in registers."""
+    for F(2,3), F(4,3); split for F(6,3), whose 36 outputs a tile do not fit a useful block in registers.
+    input_variant: which input kernel (`INPUT_KERNELS`; default INPUT_VARIANT)."""
     fuse_output = tile <= 4 if fuse_output is None else fuse_output
     out_h, out_w, th, tw = _grid_shape(x, tile, padding)
-    vq, sa, sa_strides = input_stage(x, bt, tile, padding, group_size, act_granularity, act_scale)
+    vq, sa, sa_strides = input_stage(x, bt, tile, padding, group_size, act_granularity, act_scale, input_variant)
     cout = w_int8.shape[2]
     fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format

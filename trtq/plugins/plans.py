@@ -233,12 +233,14 @@ def fp4_plan(attrs: FP4GemmAttrs, x_shape: tuple[int, ...], wp_shape: tuple[int,
         a, mode = "q", fk.A_CODES
 
     bm, bn, group_m, warps, stages = FP4_GEMM_CONFIGS[tactic]
-    lo, hi = fk.FP4_LOOKUP[attrs.weight_format]
+    shift, unscale = fk.FP4_DECODE[attrs.weight_format]
     a_man, a_min_exp, a_max = fk.FORMAT_CONSTANTS[attrs.act_format] if mode == fk.A_FUSED else (0, 0, 1.0)
-    const = dict(K=k, GROUP=g, ONE_GROUP=one_group, BLOCK_K=fk.gemm_block_k(g, one_group), W_LUT_LO=lo, W_LUT_HI=hi,
+    const = dict(K=k, GROUP=g, ONE_GROUP=one_group, BLOCK_K=fk.gemm_block_k(g, one_group), W_SHIFT=shift,
+                 W_UNSCALE=unscale,
                  W_SCALE_FP8=fp8_scales, A_MODE=mode, A_STATIC=static, A_MAN_BITS=a_man, A_MIN_EXP=a_min_exp,
                  A_MAX=a_max, HAS_ROW_SCALE=a_row_scale is not None, HAS_BIAS=has_bias,
-                 DOT_IEEE=mode == fk.A_FLOAT and dtype == "float32", BLOCK_M=bm, BLOCK_N=bn, GROUP_M=group_m)
+                 DOT_IEEE=mode == fk.A_FLOAT and dtype == "float32", BLOCK_M=bm, BLOCK_N=bn, GROUP_M=group_m,
+                 LOADS_PER_STEP=1)
     dummy = "weight_scale"  # pointers of absent inputs are never read
     args = dict(a_ptr=a, a_scale_ptr=a_scale or dummy, a_row_scale_ptr=a_row_scale or dummy,
                 w_ptr="weight_packed", w_scale_ptr="weight_scale",
