@@ -102,3 +102,39 @@ def quantized_copy(denoiser: torch.nn.Module, recipe: str = "w8a8-minmax") -> to
     size = denoiser.config.sample_size
     calib = sig.example_inputs(2, size, size, seed=1)
     return trtq.quantize(copy.deepcopy(denoiser), recipe, lambda m: DenoiserWrapper(m, sig)(*calib.values()))
+
+
+def tiny_clip(path: Path, tokens: int = TEXT_TOKENS):
+    """(tokenizer, text encoder): a CLIP tokenizer with a four-entry vocabulary (written to `path`; unknown
+    words become the end token) and a one-layer CLIP text model of width 32 (the tiny UNets' cross-attention
+    width), so a saved pipeline runs from prompts with nothing downloaded."""
+    import json
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "cat</w>": 3}))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=tokens)
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, max_position_embeddings=tokens, bos_token_id=0,
+                                           eos_token_id=1, pad_token_id=1)).eval()
+    return tokenizer, encoder
+
+
+def save_pipeline_folder(kind: str, path: Path) -> Path:
+    """A tiny pipeline saved with save_pretrained that runs end to end from its folder: "sd15" with a CLIP
+    tokenizer, text encoder and VAE (prompts in, images out), "dit" as `build_pipeline` makes it."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe, _ = build_pipeline(kind)
+    if kind == "sd15":
+        tokenizer, encoder = tiny_clip(path.parent / f"{path.name}-tokenizer-files")
+        pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=encoder, tokenizer=tokenizer, unet=pipe.unet,
+                                       scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    elif kind != "dit":
+        raise ValueError(kind)
+    pipe.save_pretrained(path)
+    return path

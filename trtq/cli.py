@@ -19,7 +19,7 @@ from pathlib import Path
 from trtq.errors import TrtqError
 from trtq.engine.cli import add_build_parser
 from trtq.export.cli import add_export_parser
-from trtq.runtime.cli import add_runtime_parsers
+from trtq.runtime.cli import add_folder_args, add_runtime_parsers
 
 # Bounds that keep a typo from turning into days of work or an out-of-memory kill.
 MAX_SAMPLES = 100_000
@@ -128,6 +128,8 @@ def cmd_quantize(args) -> None:
     from trtq.zoo import load_model
 
     from trtq.artifact import is_artifact_dir
+    from trtq.runtime.cli import check_folder_args
+    from trtq.runtime.folder import folder_denoiser_from_args, is_diffusers_folder, model_name
 
     if args.recipe in BASELINES:
         raise TrtqError(f"{args.recipe} is an outside baseline for comparison (trtq eval); it makes no artifact")
@@ -136,6 +138,14 @@ def cmd_quantize(args) -> None:
     check_output_dir(out, "--out", is_artifact_dir, "trtq artifact")
     spec = QuantSpec(recipe=args.recipe, overrides=tuple(parse_overrides(args.set).items()))
     spec.check()
+    check_folder_args(args)
+    if is_diffusers_folder(args.model):
+        _, denoiser, info = folder_denoiser_from_args(args, recipe=spec.resolved_recipe())
+        save_artifact(denoiser, out, model_name=model_name(args.model), extra={"calibration": info})
+        peak = info["peak_memory"]["peak_bytes"] / 2**30
+        print(f"wrote {out} ({spec.label} on {model_name(args.model)}; calibrated on {args.device} in "
+              f"{info['seconds']:.1f} s, peak memory {peak:.2f} GiB ({info['peak_memory']['kind']}))")
+        return
     cfg = SamplingConfig(calib_samples=args.calib_samples, steps=args.steps, progress=True)
     model = load_model(args.model)
     denoiser = quantized_denoiser(model, spec, cfg)
@@ -196,12 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--calib-samples", type=int, default=20, help="calibration trajectories (default 20)")
 
     s = sub.add_parser("quantize", help="quantize a model with a recipe and save the artifact")
-    s.add_argument("--model", required=True, help="zoo name or local model directory")
+    s.add_argument("--model", required=True, help="zoo name, local model directory, or a diffusers pipeline folder "
+                                                  "(model_index.json: SD 1.5, SDXL, DiT, PixArt-α), calibrated "
+                                                  "through the pipeline on --prompts / --labels")
     s.add_argument("--recipe", required=True, help="recipe name (see `trtq recipes`) or YAML/JSON file")
     s.add_argument("--out", required=True, help="artifact directory to write")
     s.add_argument("--set", action="append", default=[], metavar="METHOD.KNOB=VALUE",
                    help="change a method knob without writing a recipe, e.g. --set winograd.steps=50 (repeatable)")
     sampling_args(s)
+    add_folder_args(s)
     s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("eval", help="sample FP and quantized from the same noise; print metrics as JSON")

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from trtq.errors import TrtqError
+from trtq.runtime.cli import add_folder_args
 
 EXAMPLES = """examples:
   trtq build --model digits-unet --recipe w8a8-minmax
@@ -31,7 +32,8 @@ def add_build_parser(subparsers) -> None:
                               description="Build a TensorRT engine from a quantized model or an ONNX export.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--onnx", help="an export directory from `trtq export` (instead of --model)")
-    s.add_argument("--model", help="zoo name or local model directory: quantize/load, export, then build")
+    s.add_argument("--model", help="zoo name, local model directory or diffusers pipeline folder: quantize/load, "
+                                   "export, then build")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--recipe", help="recipe name or file (with --model)")
     g.add_argument("--artifact", help="artifact directory from `trtq quantize` (with --model)")
@@ -41,6 +43,7 @@ def add_build_parser(subparsers) -> None:
     s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="activation dtype of a new export (default float16)")
     s.add_argument("--calib-samples", type=int, default=20, help="calibration trajectories with --recipe")
+    add_folder_args(s, steps=True)
     s.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5 (default 3)")
     s.add_argument("--engines", default="engines", help="engine cache directory (default engines)")
     s.add_argument("--quiet", action="store_true", help="no build progress")
@@ -50,7 +53,8 @@ def add_build_parser(subparsers) -> None:
 def _export_args(args, out: Path) -> argparse.Namespace:
     return argparse.Namespace(model=args.model, recipe=args.recipe, artifact=args.artifact, out=str(out),
                               batch=args.batch or "1:2:4", resolution=args.resolution, dtype=args.dtype,
-                              static=False, calib_samples=args.calib_samples, summary=False)
+                              static=False, calib_samples=args.calib_samples, summary=False, prompts=args.prompts,
+                              labels=args.labels, device=args.device, steps=args.steps)
 
 
 def cmd_build(args) -> None:

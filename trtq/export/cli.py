@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from trtq.errors import TrtqError
+from trtq.runtime.cli import add_folder_args
 
 EXAMPLES = """examples:
   trtq export --model digits-unet --recipe w8a8-minmax --out onnx/unet-w8a8
@@ -43,7 +44,8 @@ def add_export_parser(subparsers) -> None:
     s = subparsers.add_parser("export", help="export a quantized denoiser to ONNX (+ manifest.json)",
                               description="Export a quantized denoiser as a strongly typed ONNX graph.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--model", required=True, help="zoo name (digits-unet, digits-dit) or local model directory")
+    s.add_argument("--model", required=True, help="zoo name (digits-unet, digits-dit), local model directory, or a "
+                                                  "diffusers pipeline folder (model_index.json)")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--recipe", help="recipe name or file: quantize (calibrating on the zoo sampler) and export")
     g.add_argument("--artifact", help="artifact directory written by `trtq quantize` for this model")
@@ -55,6 +57,7 @@ def add_export_parser(subparsers) -> None:
     s.add_argument("--static", action="store_true", help="fixed shapes (the opt profile) instead of dynamic axes")
     s.add_argument("--calib-samples", type=int, default=20, help="calibration trajectories with --recipe")
     s.add_argument("--summary", action="store_true", help="print the graph summary after exporting")
+    add_folder_args(s, steps=True)
     s.set_defaults(func=cmd_export)
 
 
@@ -73,6 +76,12 @@ def cmd_export(args) -> None:
 
         if args.recipe in BASELINES:
             raise TrtqError(f"{args.recipe} is an outside baseline (trtq eval); it has no trtq layers to export")
+    from trtq.runtime.cli import check_folder_args
+    from trtq.runtime.folder import is_diffusers_folder
+
+    check_folder_args(args)
+    if is_diffusers_folder(args.model):
+        return _export_folder(args, spec, out, batch, resolution)
     from trtq.zoo import load_model
 
     model = load_model(args.model)
@@ -85,6 +94,32 @@ def cmd_export(args) -> None:
     export_onnx(denoiser, out, dynamic=not args.static, dtype=args.dtype, batch=batch, resolution=resolution,
                 model_name=model.name, artifact=args.artifact)
     print(f"wrote {out / 'model.onnx'} and {out / 'manifest.json'} ({spec.label} on {model.name}, {args.dtype})")
+    if args.summary:
+        print(format_summary(summarize(out)))
+
+
+def _export_folder(args, spec, out: Path, batch, resolution) -> None:
+    """--model DIR: the pipeline's denoiser, quantized (calibrated through the pipeline) or loaded from an
+    artifact, exported with the pipeline's prompt length; calibration on --device, export on the CPU."""
+    from trtq.export.inputs import signature_of
+    from trtq.export.onnx import export_onnx, format_summary, summarize
+    from trtq.runtime.accelerate import text_tokens_of
+    from trtq.runtime.folder import folder_denoiser_from_args, model_name
+
+    pipe, denoiser, _ = folder_denoiser_from_args(
+        args, recipe=spec.resolved_recipe() if args.recipe else None, artifact=args.artifact, progress=False)
+    denoiser = denoiser.cpu()
+    signature = signature_of(denoiser)
+    tokens = text_tokens_of(pipe)
+    if tokens:
+        signature.text_tokens = tokens
+    size = int(getattr(denoiser.config, "sample_size", 32) or 32)
+    opt = resolution[1] if resolution else size
+    export_onnx(denoiser, out, signature.example_inputs(batch[1], opt, opt), dynamic=not args.static,
+                dtype=args.dtype, batch=batch, resolution=resolution, model_name=model_name(args.model),
+                artifact=args.artifact)
+    print(f"wrote {out / 'model.onnx'} and {out / 'manifest.json'} ({spec.label} on {model_name(args.model)}, "
+          f"{args.dtype})")
     if args.summary:
         print(format_summary(summarize(out)))
 

@@ -140,7 +140,7 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
     for name in candidates:
         try:
             runner = _make_runner(name, kind, module, graph_dir, original, device, batch=batch,
-                                  resolution=resolution, dtype=dtype, text_tokens=text_tokens or _text_tokens(pipe),
+                                  resolution=resolution, dtype=dtype, text_tokens=text_tokens or text_tokens_of(pipe),
                                   onnx_dir=onnx_dir, cuda_graphs=cuda_graphs, compile_backend=compile_backend,
                                   int8_gemm=int8_gemm, threads=threads)
             break
@@ -175,7 +175,7 @@ def _fingerprint(module: nn.Module) -> str:
     return module_fingerprint(module)
 
 
-def _text_tokens(pipe: Any) -> int | None:
+def text_tokens_of(pipe: Any) -> int | None:
     """How many prompt-embedding tokens the pipeline feeds its denoiser: its tokenizer's length (77 for CLIP),
     the zoo label encoder's tokens; None when it cannot tell (the export's default then)."""
     tokenizer = getattr(pipe, "tokenizer", None)

@@ -31,10 +31,11 @@ latency.png / layers.png. On a CPU the numbers are labelled CPU numbers: they sa
 
 def _source_args(s) -> None:
     s.add_argument("--model", required=True,
-                   help="zoo name (digits-unet, digits-dit), local zoo-layout model directory, or (run) a diffusers "
+                   help="zoo name (digits-unet, digits-dit), local zoo-layout model directory, or a diffusers "
                         "pipeline folder with model_index.json (SD 1.5, SDXL, DiT, PixArt-α)")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--recipe", help="quantize with this recipe first (calibrating on the zoo sampler)")
+    g.add_argument("--recipe", help="quantize with this recipe first (calibrating on the zoo sampler, or through a "
+                                    "diffusers folder's pipeline on built-in prompts / spread labels)")
     g.add_argument("--artifact", help="artifact directory written by `trtq quantize` for this model")
     g.add_argument("--onnx", help="ONNX export directory written by `trtq export` (graph backends)")
     s.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
@@ -44,6 +45,37 @@ def _source_args(s) -> None:
     s.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime (default: their own)")
     s.add_argument("--fallback", choices=["torch", "eager"],
                    help="run calls outside a graph's profile on this backend (with a warning) instead of failing")
+
+
+def add_folder_args(parser, steps: bool = False) -> None:
+    """The calibration options of a diffusers folder (`quantize`, `export`, `build` with --model DIR)."""
+    parser.add_argument("--prompts", help="diffusers text-to-image folder: calibration prompts, one per line "
+                                          "(default: a small built-in set)")
+    parser.add_argument("--labels", help="diffusers DiT folder: comma-separated calibration class labels "
+                                         "(default: spread over the classes)")
+    parser.add_argument("--device", default="cpu", help="diffusers folder: where the pipeline calibrates "
+                                                        "(cpu, cuda[:N]; default cpu)")
+    if steps:
+        parser.add_argument("--steps", type=int, default=20, help="calibration sampling steps (default 20)")
+
+
+def check_folder_args(args) -> None:
+    """Checks of the folder options, before anything is loaded; the folder options on a zoo model are refused."""
+    from trtq.cli import check_device
+    from trtq.runtime.folder import is_diffusers_folder, pipeline_class, read_prompts
+
+    folder = is_diffusers_folder(args.model)
+    given = [f"--{k}" for k in ("prompts", "labels") if getattr(args, k, None)]
+    if not folder and (given or getattr(args, "device", "cpu") != "cpu"):
+        raise TrtqError(f"{' '.join(given) or '--device'} is for diffusers pipeline folders; {args.model} is not "
+                        "one (no model_index.json)")
+    if folder:
+        pipeline_class(args.model)
+        check_device(args.device)
+        if args.prompts:
+            read_prompts(args.prompts)
+        if args.labels:
+            parse_labels_any(args.labels)
 
 
 def add_runtime_parsers(subparsers) -> None:
@@ -122,7 +154,7 @@ def cmd_run(args) -> None:
     from trtq.runtime.generate import generate, parse_labels
 
     _check(args)
-    from trtq.runtime.generate import is_diffusers_folder
+    from trtq.runtime.folder import is_diffusers_folder
 
     if is_diffusers_folder(args.model):
         return _run_diffusers(args)
@@ -140,21 +172,38 @@ def cmd_run(args) -> None:
 
 
 def _run_diffusers(args) -> None:
-    from trtq.runtime.generate import generate_diffusers, load_diffusers_pipeline
+    from trtq.runtime.folder import load_diffusers_pipeline
+    from trtq.runtime.generate import generate_diffusers
 
-    if args.recipe is not None:
-        raise TrtqError("--recipe with a diffusers folder: quantize first (an artifact for its denoiser), then "
-                        "give --artifact")
     labels = None
     if args.labels:
         labels = parse_labels_any(args.labels)
     pipe = load_diffusers_pipeline(args.model, args.device)
-    source = args.artifact or args.onnx
+    source, _ = _folder_source(args, pipe)
     report = generate_diffusers(pipe, source, Path(args.out), labels=labels, prompts=args.prompt or None,
                                 backend=args.backend, steps=args.steps, seed=args.seed, progress=not args.quiet,
                                 fallback=args.fallback, threads=args.threads)
     print(f"{len(report['images'])} images ({report['model']}, backend {report['backend']}, {report['device']}) in "
           f"{report['seconds']:.2f} s: {Path(args.out) / 'grid.png'}")
+
+
+def _folder_source(args, pipe) -> tuple[object, str]:
+    """(source for accelerate, its label) of a diffusers folder: --recipe quantizes its denoiser, calibrated
+    through the pipeline on the built-in prompts (labels spread over the classes for DiT); --artifact and
+    --onnx are used as they are."""
+    if args.recipe is not None:
+        from trtq.runtime.folder import quantized_folder_denoiser
+
+        denoiser, _ = quantized_folder_denoiser(pipe, args.model, recipe=args.recipe, samples=args.calib_samples,
+                                                steps=args.steps, seed=args.seed, progress=False)
+        return denoiser, args.recipe
+    if args.artifact is not None:
+        from trtq.artifact import read_manifest
+
+        return args.artifact, read_manifest(args.artifact)["recipe"]["name"]
+    if args.onnx is not None:
+        return args.onnx, "onnx"
+    return None, "fp32"
 
 
 def parse_labels_any(text: str) -> list[int]:
@@ -176,16 +225,26 @@ def cmd_profile(args) -> None:
     if not backends or bad:
         raise TrtqError(f"--backends takes a comma-separated list of {', '.join(BACKEND_CHOICES)}, "
                         f"got {args.backends!r}")
-    model, source, label = _load(args)
+    from trtq.runtime.folder import is_diffusers_folder
+
+    if is_diffusers_folder(args.model):
+        from trtq.runtime.folder import load_diffusers_pipeline, model_name
+        from trtq.runtime.profile import profile_folder
+
+        pipe = load_diffusers_pipeline(args.model, args.device)
+        source, label = _folder_source(args, pipe)
+        run = lambda configs, bks, **kw: profile_folder(pipe, model_name(args.model), configs, bks, **kw)  # noqa: E731
+    else:
+        model, source, label = _load(args)
+        run = lambda configs, bks, **kw: profile_zoo(model, configs, bks, **kw)  # noqa: E731
     # The float model has no export (ONNX export takes quantized models), so FP is timed on the torch-module
     # backends asked for (eager if none): the baseline each quantized row is read against.
     fp_backends = [b for b in backends if b in ("eager", "torch")] or ["eager"]
-    parts = [profile_zoo(model, [("fp32", None)], fp_backends, batch=args.batch, steps=args.steps,
-                         warmup=args.warmup, repeats=args.repeats, seed=args.seed, threads=args.threads)]
+    parts = [run([("fp32", None)], fp_backends, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                 repeats=args.repeats, seed=args.seed, threads=args.threads)]
     if source is not None:
-        parts.append(profile_zoo(model, [(label, source)], backends, batch=args.batch, steps=args.steps,
-                                 warmup=args.warmup, repeats=args.repeats, seed=args.seed, fallback=args.fallback,
-                                 threads=args.threads))
+        parts.append(run([(label, source)], backends, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                         repeats=args.repeats, seed=args.seed, fallback=args.fallback, threads=args.threads))
     report = merge_reports(parts)
     for path in write_profile(report, Path(args.out)):
         print(f"wrote {path}")

@@ -78,28 +78,6 @@ def generate(model, source, labels: torch.Tensor, out: Path, backend: str = "aut
 
 
 # ------------------------------------------------------------------------------------------ diffusers folders
-def is_diffusers_folder(path: str | Path) -> bool:
-    return (Path(path) / "model_index.json").is_file()
-
-
-def load_diffusers_pipeline(path: str | Path, device: str = "cpu"):
-    """A diffusers pipeline folder (model_index.json) of a class trtq runs: SD 1.5, SDXL, DiT, PixArt-α."""
-    from diffusers import DiffusionPipeline
-
-    index = json.loads((Path(path) / "model_index.json").read_text())
-    cls = index.get("_class_name") if isinstance(index, dict) else None
-    if cls not in PIPELINE_CLASSES:
-        raise TrtqError(f"{path}: pipeline class {cls!r} is not one trtq runs ({', '.join(PIPELINE_CLASSES)})")
-    try:
-        pipe = DiffusionPipeline.from_pretrained(str(path))
-    except ImportError as e:  # e.g. SD's text encoder classes need `transformers`
-        raise TrtqError(f"{path}: {cls} cannot be loaded here: {' '.join(str(e).split())}") from None
-    return pipe.to(device)
-
-
-PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "DiTPipeline", "PixArtAlphaPipeline")
-
-
 def generate_diffusers(pipe, source, out: Path, labels: list[int] | None = None, prompts: list[str] | None = None,
                        backend: str = "auto", steps: int = 20, seed: int = 0, progress: bool = True,
                        **accelerate_kwargs) -> dict:

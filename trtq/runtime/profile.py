@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 LAYER_CLASSES = ("conv3x3", "conv_other", "linear", "attention", "norm", "other")
 SCHEMA_VERSION = 1
@@ -172,7 +173,7 @@ def percentile(values: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
-def _peak_memory(cuda: bool) -> dict:
+def peak_memory(cuda: bool) -> dict:
     if cuda:
         return {"peak_bytes": int(torch.cuda.max_memory_allocated()), "kind": "cuda max_memory_allocated"}
     return {"peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
@@ -185,17 +186,59 @@ def profile_zoo(model, configs: list[tuple[str, object]], backends: list[str], b
 
     configs: (label, source) with source as for `trtq.accelerate` (None = the float model).
     """
-    from trtq.errors import TrtqError
     from trtq.pipeline import DigitsPipeline, balanced_labels
+
+    pipe = DigitsPipeline(model)
+    labels = balanced_labels(batch, model.num_classes)
+    device = next(model.denoiser.parameters()).device
+    x = pipe.initial_noise(2 * batch, seed).to(device)
+    t = torch.full((2 * batch,), 500, device=device)
+    both = torch.cat([labels, model.null_labels(batch)]).to(device)
+    return _profile(pipe, model.name, model.denoiser, configs, backends,
+                    run=lambda: pipe(labels, num_inference_steps=steps, seed=seed, progress=False),
+                    call=lambda module: model.predict_noise(x, t, both, denoiser=module),
+                    batch=batch, steps=steps, warmup=warmup, repeats=repeats, seed=seed, **accelerate_kwargs)
+
+
+def profile_folder(pipe, name: str, configs: list[tuple[str, object]], backends: list[str], batch: int = 1,
+                   steps: int = 10, warmup: int = 1, repeats: int = 5, seed: int = 0, **accelerate_kwargs) -> dict:
+    """`profile_zoo` for a diffusers pipeline: `batch` images from the built-in prompts (class labels spread
+    over the classes for DiT), stopping at latents where the pipeline can; the layer-class call is one of
+    the float pipeline's own denoiser calls (recorded)."""
+    from trtq.runtime.accelerate import denoiser_attr
+    from trtq.runtime.folder import calibration_conditions, record_denoiser_inputs
+
+    conditions = calibration_conditions(pipe, batch)
+    key, items = next(iter(conditions.items()))
+    args, kwargs = record_denoiser_inputs(pipe, conditions, steps=1, seed=seed, progress=False)[0]
+    device = pipe.device
+    args, kwargs = [tree_map(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, a) for a in (args, kwargs)]
+    pipe.set_progress_bar_config(disable=True)
+
+    def run() -> None:
+        gen = torch.Generator().manual_seed(seed)
+        if key == "labels":
+            pipe(class_labels=items, num_inference_steps=steps, generator=gen, output_type="np")
+        else:
+            pipe(prompt=items, num_inference_steps=steps, generator=gen, output_type="latent")
+
+    return _profile(pipe, name, getattr(pipe, denoiser_attr(pipe)), configs, backends, run=run,
+                    call=lambda module: module(*args, **kwargs), batch=batch, steps=steps, warmup=warmup,
+                    repeats=repeats, seed=seed, **accelerate_kwargs)
+
+
+def _profile(pipe, name: str, float_denoiser: nn.Module, configs: list[tuple[str, object]], backends: list[str],
+             *, run, call, batch: int, steps: int, warmup: int, repeats: int, seed: int, **accelerate_kwargs) -> dict:
+    """The timing loop of both: `run()` runs the pipeline once, `call(module)` is one CFG-batch denoiser call."""
+    from trtq.errors import TrtqError
     from trtq.runtime import accelerate, restore
+    from trtq.runtime.accelerate import denoiser_attr
 
     if repeats < 1 or warmup < 0 or batch < 1 or steps < 1:
         raise TrtqError("profile needs repeats >= 1, warmup >= 0, batch >= 1, steps >= 1")
-    device = next(model.denoiser.parameters()).device
+    device = next(float_denoiser.parameters()).device
     cuda = device.type == "cuda"
     timer = _Timer(cuda)
-    pipe = DigitsPipeline(model)
-    labels = balanced_labels(batch, model.num_classes)
     accelerate_kwargs.setdefault("batch", (1, 2 * batch, 2 * batch))  # a graph exported for the CFG batch
     rows, classes = [], {}
     for label, source in configs:
@@ -203,14 +246,14 @@ def profile_zoo(model, configs: list[tuple[str, object]], backends: list[str], b
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             accelerate(pipe, source, backend=backend, **accelerate_kwargs)
-            acc = pipe.denoiser
+            acc = getattr(pipe, denoiser_attr(pipe))
             try:
                 for _ in range(warmup):
-                    pipe(labels, num_inference_steps=steps, seed=seed, progress=False)
+                    run()
                 ms: list[float] = []
                 for _ in range(repeats):
                     with timer.measure(ms):
-                        pipe(labels, num_inference_steps=steps, seed=seed, progress=False)
+                        run()
             finally:
                 restore(pipe)
             rows.append({
@@ -221,19 +264,15 @@ def profile_zoo(model, configs: list[tuple[str, object]], backends: list[str], b
                                  "p90": round(percentile(ms, 90) / batch, 3)},
                 "per_step_ms": {"median": round(statistics.median(ms) / steps, 3),
                                 "p90": round(percentile(ms, 90) / steps, 3)},
-                "memory": _peak_memory(cuda),
+                "memory": peak_memory(cuda),
             })
-        module = _torch_module(model, source)
-        x = pipe.initial_noise(2 * batch, seed).to(device)
-        t = torch.full((2 * batch,), 500, device=device)
-        both = torch.cat([labels, model.null_labels(batch)]).to(device)
+        module = _torch_module(float_denoiser, source)
         with torch.no_grad():
-            model.predict_noise(x, t, both, denoiser=module)  # warm-up outside the profile
-            classes[label] = layer_class_times(module, lambda: model.predict_noise(x, t, both, denoiser=module),
-                                               cuda)
+            call(module)  # warm-up outside the profile
+            classes[label] = layer_class_times(module, lambda: call(module), cuda)
     return {
         "schema_version": SCHEMA_VERSION,
-        "model": model.name,
+        "model": name,
         "device": _device_label(device),
         "cpu_numbers": not cuda,
         "timer": "cuda events" if cuda else "time.perf_counter (CPU numbers: they say nothing about GPU speed)",
@@ -249,7 +288,7 @@ def profile_zoo(model, configs: list[tuple[str, object]], backends: list[str], b
 
 
 def merge_reports(parts: list[dict]) -> dict:
-    """One report from `profile_zoo` runs on the same model and device (their latency rows and configs joined)."""
+    """One report from `profile_zoo` / `profile_folder` runs on the same model and device (their latency rows and configs joined)."""
     merged = dict(parts[0], latency=[], layer_classes=dict(parts[0]["layer_classes"], by_config={}))
     for p in parts:
         merged["latency"] += p["latency"]
@@ -257,16 +296,16 @@ def merge_reports(parts: list[dict]) -> dict:
     return merged
 
 
-def _torch_module(model, source):
+def _torch_module(float_denoiser: nn.Module, source):
     import copy
 
     from trtq.artifact import load_artifact
 
     if source is None:
-        return model.denoiser
+        return float_denoiser
     if isinstance(source, nn.Module):
         return source
-    return load_artifact(copy.deepcopy(model.denoiser), source)
+    return load_artifact(copy.deepcopy(float_denoiser), source)
 
 
 def _device_label(device: torch.device) -> str:
