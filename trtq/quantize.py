@@ -36,6 +36,10 @@ def prepare(model: nn.Module, recipe: str | Path | Recipe, warn: bool = True) ->
     recipe = get_recipe(recipe)
     if any(is_quantized(m) for m in model.modules()):
         raise TrtqError("this model is already quantized; start again from the float model")
+    lora = next((n for n, m in model.named_modules() if type(m).__module__.startswith("peft.tuners.")), None)
+    if lora is not None:  # the adapter branch would stay float beside a quantized base layer
+        raise TrtqError(f"layer {lora} holds an unfused LoRA adapter: fuse it into the float weights first "
+                        "(diffusers: fuse_lora() then unload_lora()), then quantize the fused model")
     plan = plan_layers(model, recipe, warn=warn)  # exact Conv2d/Linear types only (a subclass may differ)
     swapped = {}
     for name, module in list(model.named_modules()):
