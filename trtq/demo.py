@@ -1,7 +1,10 @@
-"""`trtq demo`: FP vs trtq's w8a8-minmax vs nvidia-modelopt INT8 on both zoo models.
+"""`trtq demo`: FP vs trtq's w8a8-minmax vs nvidia-modelopt INT8 on both zoo models, then the deployment.
 
 Writes into the output directory: grid.png (per model, one row per recipe, same seeds and labels),
-report.md and report.json (metrics and the wall time of each stage).
+report.md and report.json (metrics and the wall time of each stage), and onnx/<model>/ (the w8a8-minmax
+denoiser exported for the pipeline's batch). The deployment section times the pipeline with the float
+denoiser (eager) and with the quantized one accelerated on the best backend this machine has
+(`trtq.accelerate(..., backend="auto")`), labelled by device and backend, beside the exported file sizes.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from trtq.eval.evaluate import Evaluator, QuantSpec, SamplingConfig
+from trtq.eval.evaluate import Evaluator, QuantSpec, SamplingConfig, device_name
 from trtq.eval.metrics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, format_interval
 from trtq.pipeline import balanced_labels
 from trtq.zoo import ZOO_MODELS, load_classifier, load_digits_images, load_model
 
 DEMO_RECIPES = ("w8a8-minmax", "modelopt-int8")
+DEPLOY_RECIPE = "w8a8-minmax"  # the recipe the demo exports and accelerates
+DEPLOY_IMAGES, DEPLOY_REPEATS = 10, 3  # images per timed pipeline call; timed calls (median) after one warm-up
 GRID_COLUMNS = 20
 CELL = 48
 
@@ -79,9 +84,65 @@ def _markdown(report: dict) -> str:
         lines.append(f"| {m['model']} | *{report['sampling']['samples']} real digits* | "
                      f"{m['real_digits_fid']:.2f} | | | | | | |")
     lines += ["", "The *real digits* row is the digits-FID of as many real images (same label mix) as there are "
-              "samples: what that sample size gives for the data itself.", "", f"Stage wall times (s): {json.dumps(report['stages'])}", "",
-              "![grid](grid.png)", ""]
+              "samples: what that sample size gives for the data itself.", ""]
+    if report.get("deployment"):
+        d = report["deployment"]
+        lines += ["## Deployment on this machine", "",
+                  f"The pipeline generating {d['images']} images ({d['steps']} steps, guidance), median of "
+                  f"{d['repeats']} timed calls after a warm-up, on {d['device']}"
+                  + (" (CPU numbers: they say nothing about GPU speed)" if d["cpu_numbers"] else "") + ". "
+                  f"FP runs its float denoiser eagerly; {DEPLOY_RECIPE} runs on the backend `trtq.accelerate` "
+                  "picks here (backend=\"auto\"). Export: the quantized denoiser as written to onnx/<model>/ "
+                  "(graph + external weights).", "",
+                  "| model | config | backend | ms per image | x FP | weights / export MB |",
+                  "|---|---|---|---:|---:|---:|"]
+        for r in d["rows"]:
+            lines.append(f"| {r['model']} | {r['config']} | {r['backend']} | {r['ms_per_image']:.1f} | "
+                         f"{r['speedup']:.2f} | {r['megabytes']:.2f} |")
+        lines.append("")
+    lines += [f"Stage wall times (s): {json.dumps(report['stages'])}", "", "![grid](grid.png)", ""]
     return "\n".join(lines)
+
+
+def _timed_images(pipe, labels, steps: int) -> float:
+    """Median ms per image over DEPLOY_REPEATS pipeline calls, after one untimed call."""
+    import statistics
+
+    pipe(labels, num_inference_steps=steps, seed=0, progress=False)
+    times = []
+    for _ in range(DEPLOY_REPEATS):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        pipe(labels, num_inference_steps=steps, seed=0, progress=False)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000 / len(labels))
+    return statistics.median(times)
+
+
+def deployment(model, quantized, out: Path, steps: int) -> list[dict]:
+    """FP eager vs the quantized denoiser on the best backend here: latency per image, weights/export size."""
+    from trtq.pipeline import DigitsPipeline
+    from trtq.runtime import accelerate, restore
+
+    pipe = DigitsPipeline(model)
+    labels = balanced_labels(DEPLOY_IMAGES, model.num_classes)
+    fp_ms = _timed_images(pipe, labels, steps)
+    fp_mb = sum(p.numel() * p.element_size() for p in model.denoiser.parameters()) / 2**20
+    onnx_dir = out / "onnx" / model.name
+    cfg_batch = 2 * DEPLOY_IMAGES
+    accelerate(pipe, quantized, backend="auto", batch=(1, cfg_batch, cfg_batch), onnx_dir=onnx_dir)
+    backend = pipe.denoiser.backend
+    try:
+        q_ms = _timed_images(pipe, labels, steps)
+    finally:
+        restore(pipe)
+    export_mb = sum(f.stat().st_size for f in onnx_dir.rglob("*") if f.is_file()) / 2**20 if onnx_dir.is_dir() else 0.0
+    return [{"model": model.name, "config": "fp32", "backend": "eager", "ms_per_image": fp_ms, "speedup": 1.0,
+             "megabytes": fp_mb},
+            {"model": model.name, "config": DEPLOY_RECIPE, "backend": backend, "ms_per_image": q_ms,
+             "speedup": fp_ms / q_ms, "megabytes": export_mb}]
 
 
 def run_demo(out: Path, samples: int = 100) -> dict:
@@ -94,7 +155,7 @@ def run_demo(out: Path, samples: int = 100) -> dict:
     real_subset = _balanced_real_subset(reference, reference_labels, samples)
     from trtq.eval.metrics import digits_fid
 
-    models, grids = [], []
+    models, grids, deploy_rows = [], [], []
     for name in ZOO_MODELS:
         t0 = time.perf_counter()
         model = load_model(name)
@@ -109,6 +170,11 @@ def run_demo(out: Path, samples: int = 100) -> dict:
             rows.append((recipe, s))
         models.append({"model": name, "results": results,
                        "real_digits_fid": digits_fid(classifier, real_subset, reference)})
+        print(f"[{name}] deployment: export {DEPLOY_RECIPE}, accelerate (auto), time ...", flush=True)
+        from trtq.eval.evaluate import quantized_denoiser
+
+        deploy_rows += deployment(model, quantized_denoiser(model, QuantSpec(recipe=DEPLOY_RECIPE), cfg), out,
+                                  cfg.steps)
         grids.append(_grid(rows, f"{name}: rows = recipes, same noise and labels"))
         stages[name] = round(time.perf_counter() - t0, 1)
         for r in results:
@@ -135,6 +201,9 @@ def run_demo(out: Path, samples: int = 100) -> dict:
                      "calib_samples": cfg.calib_samples},
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": BOOTSTRAP_LEVEL},
         "models": models,
+        "deployment": {"device": device_name("cuda" if torch.cuda.is_available() else "cpu"),
+                       "cpu_numbers": not torch.cuda.is_available(), "images": DEPLOY_IMAGES, "steps": cfg.steps,
+                       "repeats": DEPLOY_REPEATS, "rows": deploy_rows},
         "stages": stages,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
