@@ -184,7 +184,7 @@ def test_torch_backend_traces_the_quantized_model(zoo_dit):
     accelerate(pipe, q, backend="torch", compile_backend="eager")
     runner = pipe.denoiser.runner
     assert pipe.denoiser.backend == "torch" and not runner.cuda_graphs
-    assert runner.int8_linears == sum(isinstance(m, QuantLinear) for m in q.modules()) > 0
+    assert runner.int8_layers == sum(isinstance(m, QuantLinear) for m in q.modules()) > 0
     x, t, c = torch.randn(2, 1, 32, 32), torch.full((2,), 500.0), torch.tensor([1, 10])
     with torch.no_grad():
         got = pipe.denoiser(x, t, c).sample
@@ -196,7 +196,7 @@ def test_torch_backend_traces_the_quantized_model(zoo_dit):
 
 def test_int8_gemm_lowering_matches_each_fake_quantized_linear(zoo_dit):
     """Same codes and scales as the QuantLinear: per layer only float summation order differs."""
-    from trtq.runtime.lower import Int8Linear, int8_gemm_form, lower_int8_linears
+    from trtq.runtime.lower import Int8Linear, int8_gemm_form, lower_int8_layers
 
     _, q = zoo_dit
     gen = torch.Generator().manual_seed(0)
@@ -208,9 +208,41 @@ def test_int8_gemm_lowering_matches_each_fake_quantized_linear(zoo_dit):
         forms += 1
         x = torch.randn(8, m.in_features, generator=gen) * 3
         assert _rel(form(x), m(x)) < 1e-5
-    lowered, n = lower_int8_linears(q)
+    lowered, n = lower_int8_layers(q)
     assert n == forms > 0 and sum(isinstance(m, Int8Linear) for m in lowered.modules()) == n
     assert not any(isinstance(m, Int8Linear) for m in q.modules())  # the user's module is untouched
+
+
+def test_int8_gemm_lowering_of_pointwise_convs_in_a_unet():
+    """A UNet's 1x1 convs (resnet shortcuts, proj_in/proj_out) become Int8Conv1x1 and compute what the
+    fake-quantized conv computes, for NCHW and channels-last inputs; 3x3 and strided convs stay as they are."""
+    from trtq.eval.evaluate import SamplingConfig, calibration_loop
+    from trtq.nn import QuantConv2d
+    from trtq.runtime.lower import Int8Conv1x1, int8_gemm_form, lower_int8_layers
+
+    model = load_model("digits-unet")
+    q = trtq.quantize(copy.deepcopy(model.denoiser), "w8a8-minmax",
+                      calibration_loop(model, SamplingConfig(calib_samples=2, steps=2, progress=False)))
+    gen = torch.Generator().manual_seed(0)
+    convs = [m for m in q.modules() if isinstance(m, QuantConv2d)]
+    pointwise = [m for m in convs if m.kernel_size == (1, 1)]
+    assert pointwise and len(pointwise) < len(convs)
+    for m in convs:
+        form = int8_gemm_form(m)
+        assert isinstance(form, Int8Conv1x1) == (m in pointwise)
+        if form is not None:
+            x = torch.randn(2, m.in_channels, 8, 8, generator=gen) * 3
+            assert _rel(form(x), m(x)) < 1e-5
+            y = form(x.to(memory_format=torch.channels_last))
+            assert _rel(y, m(x)) < 1e-5
+    lowered, n = lower_int8_layers(q)
+    assert sum(isinstance(m, Int8Conv1x1) for m in lowered.modules()) == len(pointwise) and n > len(pointwise)
+    x, t, labels = torch.randn(2, 1, 32, 32, generator=gen), torch.full((2,), 500.0), torch.tensor([1, 7])
+    # whole model: a summation-order difference can move a later layer's input across a rounding boundary,
+    # so the bound is the one the other whole-model checks here use (the per-layer checks above are 1e-5)
+    with torch.no_grad():
+        assert _rel(model.predict_noise(x, t, labels, denoiser=lowered),
+                    model.predict_noise(x, t, labels, denoiser=q)) < 0.02
 
 
 def test_auto_picks_a_backend_that_runs_here(zoo_dit):

@@ -87,19 +87,19 @@ class ModuleRunner(nn.Module):
 
 
 class TorchRunner(ModuleRunner):
-    """The denoiser under `torch.compile`. With int8_gemm (default) its W8A8 linears run `trtq::int8_gemm`
-    (`trtq.runtime.lower`: INT8 codes, `torch._int_mm` on CUDA) instead of fake quantization. With cuda_graphs
+    """The denoiser under `torch.compile`. With int8_gemm (default) its W8A8 linears and 1x1 convs run
+    `trtq::int8_gemm` (`trtq.runtime.lower`: INT8 codes, `torch._int_mm` on CUDA) instead of fake quantization. With cuda_graphs
     (default on CUDA) the compiled graph is replayed as a CUDA graph (mode "reduce-overhead"); its outputs
     live in the graph's memory pool and are overwritten by the next replay, so they are copied out before
     the pipeline keeps them."""
 
     def __init__(self, module: nn.Module, cuda_graphs: bool | None = None, compile_backend: str = "inductor",
                  mode: str | None = None, int8_gemm: bool = True):
-        from trtq.runtime.lower import lower_int8_linears
+        from trtq.runtime.lower import lower_int8_layers
 
-        module, lowered = lower_int8_linears(module) if int8_gemm else (module, 0)
+        module, lowered = lower_int8_layers(module) if int8_gemm else (module, 0)
         super().__init__(module)
-        self.int8_linears = lowered  # how many linears run trtq::int8_gemm
+        self.int8_layers = lowered  # how many linears and 1x1 convs run trtq::int8_gemm
         ref = next(module.parameters(), None)
         on_cuda = ref is not None and ref.device.type == "cuda"
         if cuda_graphs and not on_cuda:
