@@ -47,18 +47,20 @@ from export_configs import CONFIGS, build_config  # noqa: E402
 ort = pytest.importorskip("onnxruntime")
 
 FAMILIES = ("w8a8-minmax", "w8a8-percentile", "w8a8-fp8", "w8a8-group", "w8a8-winograd-f43", "w8a8-winograd-f63",
-            "w4a4-fp4-minmax", "w4a8-fp4", "w4a4-nvfp4", "w4a4-int4")
+            "w4a4-fp4-minmax", "w4a8-fp4", "w4a4-nvfp4", "w4a4-int4", "w8a8-dynamic", "w8a8-smoothquant")
 MODELS = CONFIGS + ("digits-unet", "digits-dit")
 # The plugin node each family must produce (on models where its layer kind occurs).
 EXPECTED_PLUGIN = {"w8a8-group": "DynamicGroupQDQ", "w8a8-winograd-f43": "WinogradConvInt8",
                    "w8a8-winograd-f63": "WinogradConvInt8", "w4a4-fp4-minmax": "FP4GroupGemm",
-                   "w4a8-fp4": "FP4GroupGemm", "w4a4-nvfp4": "FP4GroupGemm", "w4a4-int4": "DynamicGroupQDQ"}
+                   "w4a8-fp4": "FP4GroupGemm", "w4a4-nvfp4": "FP4GroupGemm", "w4a4-int4": "DynamicGroupQDQ",
+                   "w8a8-dynamic": "DynamicGroupQDQ"}
 CONV_FAMILIES = ("w8a8-group", "w8a8-winograd-f43", "w8a8-winograd-f63")
 # Fast subset run on every CI pass: each family once, each model once. The full matrix is marked slow.
 FAST = {("sd15", "w8a8-winograd-f43"), ("sd15", "w8a8-group"), ("sdxl", "w8a8-minmax"),
         ("sdxl", "w8a8-winograd-f63"), ("dit", "w4a4-nvfp4"), ("dit", "w4a4-int4"), ("pixart", "w4a4-fp4-minmax"),
         ("pixart", "w4a8-fp4"), ("digits-unet", "w8a8-percentile"), ("digits-dit", "w4a4-nvfp4"),
-        ("dit", "w8a8-fp8")}  # DiT calls its timestep embedder twice: one FP8 initializer under two DQ nodes
+        ("dit", "w8a8-fp8"),  # DiT calls its timestep embedder twice: one FP8 initializer under two DQ nodes
+        ("sd15", "w8a8-dynamic"), ("digits-dit", "w8a8-smoothquant")}
 
 
 def _session(path):

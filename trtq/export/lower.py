@@ -50,11 +50,13 @@ def lower(model: nn.Module) -> nn.Module:
 
 
 def lower_layer(layer: nn.Module) -> nn.Module:
+    from trtq.methods.smoothquant import SmoothQuantLinear
+
     if isinstance(layer, WinogradQuantConv2d):
         return _lower_winograd(layer)
     if isinstance(layer, FP4Linear):
         return _lower_fp4(layer)
-    if type(layer) in (QuantConv2d, QuantLinear):
+    if type(layer) in (QuantConv2d, QuantLinear, SmoothQuantLinear):
         return _lower_fake(layer)
     raise TrtqError(f"{type(layer).__name__} is a quantized layer kind the ONNX exporter cannot express")
 
@@ -91,16 +93,20 @@ def _lower_fp4(layer: FP4Linear) -> nn.Module:
 
 # --------------------------------------------------------------------------------------- Q/DQ layers
 def _lower_fake(layer: QuantConv2d | QuantLinear) -> nn.Module:
+    """Q/DQ twins of the fake-quantized layers; a SmoothQuant linear's weight is W diag(s), and its input is
+    divided by s before quantization (the layer's own forward, node for node)."""
     wq, iq = layer.weight_quantizer, layer.input_quantizer
     _ready(wq, "weight")
     _ready(iq, "input")
-    weight = twins.FloatWeight(layer.weight) if wq is None else _weight_dq(layer.weight, wq)
+    smooth = getattr(layer, "smooth_scale", None)
+    w = layer.weight if smooth is None else layer.smoothed_weight()
+    weight = twins.FloatWeight(w) if wq is None else _weight_dq(w, wq)
     act = None if iq is None else _act_quant(iq)
     if isinstance(layer, QuantConv2d):
         if layer.padding_mode != "zeros":
             raise TrtqError(f"padding_mode {layer.padding_mode!r} has no ONNX Conv equivalent")
         return twins.QDQConv2d(layer, weight, act, layer.bias)
-    return twins.QDQLinear(weight, act, layer.bias)
+    return twins.QDQLinear(weight, act, layer.bias, input_divisor=smooth)
 
 
 def _code_type(scheme: QuantScheme, role: str) -> str:
@@ -144,10 +150,16 @@ def _weight_dq(weight: torch.Tensor, wq: TensorQuantizer) -> nn.Module:
 def _act_quant(iq: TensorQuantizer) -> nn.Module:
     s = iq.scheme
     if s.dynamic:
-        if s.granularity != "group" or not s.symmetric or s.format not in _DYNAMIC_FORMATS:
+        if s.granularity not in ("group", "token", "tensor") or not s.symmetric or s.format not in _DYNAMIC_FORMATS:
             raise TrtqError(f"input scheme {s.describe()}: dynamic activations are exported as "
-                            f"trtq::DynamicGroupQDQ, which takes symmetric {'/'.join(_DYNAMIC_FORMATS)} groups only")
-        return twins.ActQuant(dynamic={"format": s.format, "axis": int(s.axis), "group_size": int(s.group_size)})
+                            f"trtq::DynamicGroupQDQ, which takes symmetric {'/'.join(_DYNAMIC_FORMATS)} groups, "
+                            "tokens or samples only")
+        if s.granularity == "group":
+            return twins.ActQuant(dynamic={"format": s.format, "axis": int(s.axis), "group_size": int(s.group_size)})
+        # token: one group = the whole last axis; tensor (per sample, never across the batch): the input
+        # flattened to [N, -1], one group per row
+        return twins.ActQuant(dynamic={"format": s.format, "axis": -1 if s.granularity == "token" else 1,
+                                       "group_size": 0}, per_sample=s.granularity == "tensor")
     fmt = _code_type(s, "input")
     if fmt == "int4":
         raise TrtqError(f"input scheme {s.describe()}: static INT4 activations have no TensorRT Q/DQ kernel")

@@ -148,7 +148,7 @@ def _record_plugin_calls(wrapper: nn.Module) -> dict:
             return
         op_type, attrs, tensors = call
         present = tuple(t is not None for t in tensors)
-        key = twins.plugin_overload(op_type, json.loads(json.dumps(attrs)), present, inputs[0].dim())
+        key = twins.plugin_overload(op_type, json.loads(json.dumps(attrs)), present, tensors[0].dim())
         if key not in calls:
             calls[key] = (op_type, attrs, [None if t is None else t.detach().clone() for t in tensors])
 

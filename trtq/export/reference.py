@@ -74,13 +74,15 @@ def symmetric_scale(amax: torch.Tensor, max_value: float) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- dynamic group QDQ
 def dynamic_group_qdq(x: torch.Tensor, fmt_name: str, axis: int, group_size: int) -> torch.Tensor:
     """Symmetric fake quantization with scales from the live tensor, one per group of `group_size`
-    consecutive elements along `axis` for every other index (TensorQuantizer with a dynamic group scheme)."""
+    consecutive elements along `axis` for every other index (TensorQuantizer with a dynamic group scheme).
+    group_size 0: the whole axis is one group (its length may be dynamic): per token along a linear's last
+    axis, per sample for an input flattened to [N, -1]."""
     fmt = get_format(fmt_name)
     axis = axis % x.dim()
     perm = [d for d in range(x.dim()) if d != axis] + [axis]  # explicit perms: no negative axes in Transpose
     inverse = [perm.index(d) for d in range(x.dim())]
     moved = x.float().permute(perm)
-    groups = moved.reshape(-1, group_size)
+    groups = moved.reshape(-1, group_size or moved.shape[-1])
     amax = groups.abs().amax(-1, keepdim=True)
     scale = symmetric_scale(amax, fmt.max_value)
     q = round_to_format(groups / scale, fmt_name) * scale

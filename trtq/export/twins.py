@@ -243,21 +243,27 @@ class WeightDQ(nn.Module):
 
 
 class ActQuant(nn.Module):
-    """Input activation quantization: static Q/DQ, or the dynamic per-group trtq::DynamicGroupQDQ node."""
+    """Input activation quantization: static Q/DQ, or the dynamic trtq::DynamicGroupQDQ node (per group, per
+    token: group_size 0 on the last axis, or per sample: per_sample, the input seen as [N, -1])."""
 
-    def __init__(self, scale=None, zero_point=None, axis=0, qmin=-128, qmax=127, fmt="int8", dynamic=None):
+    def __init__(self, scale=None, zero_point=None, axis=0, qmin=-128, qmax=127, fmt="int8", dynamic=None,
+                 per_sample=False):
         super().__init__()
         self.register_buffer("scale", None if scale is None else scale.contiguous())
         self.register_buffer("zero_point", None if zero_point is None else zero_point.contiguous())
         self.axis, self.qmin, self.qmax, self.fmt = axis, qmin, qmax, fmt
-        self.dynamic = dynamic  # {"format", "axis", "group_size"} for dynamic group scales
+        self.dynamic = dynamic  # {"format", "axis", "group_size"} for dynamic scales
+        self.per_sample = per_sample
 
     def plugin_call(self, x):
-        return None if self.dynamic is None else ("DynamicGroupQDQ", self.dynamic, [x])
+        if self.dynamic is None:
+            return None
+        return "DynamicGroupQDQ", self.dynamic, [x.reshape(x.shape[0], -1) if self.per_sample else x]
 
     def forward(self, x):
         if self.dynamic is not None:
-            return call_plugin(*self.plugin_call(x))
+            y = call_plugin(*self.plugin_call(x))
+            return y.reshape(x.shape) if self.per_sample else y
         return _QDQFn.apply(x, self.scale.to(x.dtype), self.zero_point, self.axis, self.qmin, self.qmax, self.fmt)
 
 
@@ -283,12 +289,18 @@ class QDQConv2d(nn.Module):
 
 
 class QDQLinear(nn.Module):
-    def __init__(self, weight: nn.Module, act: ActQuant | None, bias):
+    """F.linear(Q/DQ(x / input_divisor), DQ(weight)): input_divisor is SmoothQuant's per-input-channel s (one
+    Div node before the activation's Q/DQ; the weight codes are those of W diag(s))."""
+
+    def __init__(self, weight: nn.Module, act: ActQuant | None, bias, input_divisor=None):
         super().__init__()
         self.weight_dq, self.act = weight, act
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("input_divisor", None if input_divisor is None else input_divisor.detach().clone())
 
     def forward(self, x):
+        if self.input_divisor is not None:
+            x = x / self.input_divisor.to(x.dtype)
         x = x if self.act is None else self.act(x)
         w = self.weight_dq()
         return F.linear(x, _as(w, x), _as(self.bias, x))
