@@ -104,36 +104,63 @@ def quantized_copy(denoiser: torch.nn.Module, recipe: str = "w8a8-minmax") -> to
     return trtq.quantize(copy.deepcopy(denoiser), recipe, lambda m: DenoiserWrapper(m, sig)(*calib.values()))
 
 
-def tiny_clip(path: Path, tokens: int = TEXT_TOKENS):
+def tiny_clip(path: Path, hidden: int = 32, projection: int | None = None, tokens: int = TEXT_TOKENS):
     """(tokenizer, text encoder): a CLIP tokenizer with a four-entry vocabulary (written to `path`; unknown
-    words become the end token) and a one-layer CLIP text model of width 32 (the tiny UNets' cross-attention
-    width), so a saved pipeline runs from prompts with nothing downloaded."""
+    words become the end token) and a small CLIP text model (with a projection head when `projection`, as
+    SDXL's second encoder), so a saved pipeline runs from prompts with nothing downloaded."""
     import json
 
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "cat</w>": 3}))
     (path / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=tokens)
     torch.manual_seed(0)
-    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, max_position_embeddings=tokens, bos_token_id=0,
-                                           eos_token_id=1, pad_token_id=1)).eval()
+    config = dict(vocab_size=4, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                  num_attention_heads=2, max_position_embeddings=tokens, bos_token_id=0, eos_token_id=1,
+                  pad_token_id=1)
+    if projection:
+        return tokenizer, CLIPTextModelWithProjection(CLIPTextConfig(**config, projection_dim=projection)).eval()
+    return tokenizer, CLIPTextModel(CLIPTextConfig(**config)).eval()
+
+
+def tiny_t5(tokens: int = TEXT_TOKENS):
+    """(tokenizer, text encoder) for PixArt: a T5 tokenizer over a six-piece vocabulary and a one-layer T5
+    encoder of width 32 (the tiny PixArt's caption width)."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0), ("\u2581a", -1.0), ("\u2581cat", -1.0)]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=tokens)
+    torch.manual_seed(0)
+    encoder = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                      num_heads=2, pad_token_id=0, eos_token_id=1)).eval()
     return tokenizer, encoder
 
 
 def save_pipeline_folder(kind: str, path: Path) -> Path:
-    """A tiny pipeline saved with save_pretrained that runs end to end from its folder: "sd15" with a CLIP
-    tokenizer, text encoder and VAE (prompts in, images out), "dit" as `build_pipeline` makes it."""
-    from diffusers import StableDiffusionPipeline
+    """A tiny pipeline of each class saved with save_pretrained that runs end to end from its folder: the
+    text-to-image ones with their tokenizers, text encoders and a VAE (prompts in, images out), "dit" as
+    `build_pipeline` makes it."""
+    from diffusers import PixArtAlphaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     pipe, _ = build_pipeline(kind)
+    files = path.parent / f"{path.name}-tokenizer-files"
     if kind == "sd15":
-        tokenizer, encoder = tiny_clip(path.parent / f"{path.name}-tokenizer-files")
+        tokenizer, encoder = tiny_clip(files)
         pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=encoder, tokenizer=tokenizer, unet=pipe.unet,
                                        scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
+    elif kind == "sdxl":  # the two encoders' widths add up to the UNet's cross-attention width (16 + 16)
+        tokenizer, encoder = tiny_clip(files, hidden=16)
+        _, encoder_2 = tiny_clip(files, hidden=16, projection=32)
+        pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=encoder, text_encoder_2=encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=pipe.unet,
+                                         scheduler=pipe.scheduler)
+    elif kind == "pixart":
+        tokenizer, encoder = tiny_t5()
+        pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=tiny_vae(),
+                                   transformer=pipe.transformer, scheduler=pipe.scheduler)
     elif kind != "dit":
         raise ValueError(kind)
     pipe.save_pretrained(path)

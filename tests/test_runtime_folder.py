@@ -154,3 +154,24 @@ def test_cli_profile_and_run_with_a_recipe_on_a_saved_dit_folder(dit_folder, tmp
     assert main(["run", "--model", str(dit_folder), "--recipe", "w8a8-minmax", "--labels", "2", "--steps", "2",
                  "--calib-samples", "2", "--backend", "eager", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert (tmp_path / "run" / "0000.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "pixart"])
+def test_cli_quantize_and_export_the_other_text_to_image_folders(kind, tmp_path):
+    """SDXL (two CLIP encoders, pooled embeddings, time ids) and PixArt-α (T5, padded to the pipeline's own
+    max_sequence_length) folders: calibrated through their pipelines on the built-in prompts, exported with
+    the prompt length the pipeline feeds its denoiser."""
+    folder_path = save_pipeline_folder(kind, tmp_path / kind)
+    art, onnx = tmp_path / "art", tmp_path / "onnx"
+    assert main(["quantize", "--model", str(folder_path), "--recipe", "w8a8-minmax", "--calib-samples", "1",
+                 "--steps", "1", "--out", str(art)]) == 0
+    assert json.loads((art / "manifest.json").read_text())["extra"]["calibration"]["denoiser_calls"] == 1
+    assert main(["export", "--model", str(folder_path), "--artifact", str(art), "--out", str(onnx), "--dtype",
+                 "float32", "--batch", "2:2:2"]) == 0
+    pipe = folder.load_diffusers_pipeline(folder_path)
+    tokens = {"sdxl": 5, "pixart": 120}[kind]  # CLIP: the tokenizer's length; PixArt: max_sequence_length
+    from trtq.runtime.accelerate import text_tokens_of
+
+    assert text_tokens_of(pipe) == tokens
+    profile = json.loads((onnx / "manifest.json").read_text())["profiles"]["encoder_hidden_states"]
+    assert profile["opt"][:2] == [2, tokens]  # the token axis is static: the graph takes what the pipeline feeds

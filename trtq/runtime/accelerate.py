@@ -176,9 +176,18 @@ def _fingerprint(module: nn.Module) -> str:
 
 
 def text_tokens_of(pipe: Any) -> int | None:
-    """How many prompt-embedding tokens the pipeline feeds its denoiser: its tokenizer's length (77 for CLIP),
-    the zoo label encoder's tokens; None when it cannot tell (the export's default then)."""
+    """How many prompt-embedding tokens the pipeline feeds its denoiser: its own padding length where its call
+    has one (PixArt), else its tokenizer's length (77 for CLIP), the zoo label encoder's tokens; None when
+    it cannot tell (the export's default then)."""
+    import inspect
+
     tokenizer = getattr(pipe, "tokenizer", None)
+    # A pipeline that pads prompts to its own length (PixArt: max_sequence_length=120, not its T5 tokenizer's
+    # 512) says so in its call's defaults.
+    call = getattr(pipe, "__call__", None)
+    param = inspect.signature(call).parameters.get("max_sequence_length") if callable(call) else None
+    if tokenizer is not None and param is not None and isinstance(param.default, int) and param.default > 0:
+        return param.default
     length = getattr(tokenizer, "model_max_length", None)
     if isinstance(length, int) and 0 < length < 100_000:
         return length

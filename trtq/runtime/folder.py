@@ -133,10 +133,18 @@ def record_denoiser_inputs(pipe, conditions: dict[str, list], steps: int, seed: 
                 if key == "labels":
                     pipe(class_labels=chunk, num_inference_steps=steps, generator=gen, output_type="np")
                 else:
-                    pipe(prompt=chunk, num_inference_steps=steps, generator=gen, output_type="latent")
+                    pipe(prompt=chunk, num_inference_steps=steps, generator=gen, output_type="latent",
+                         **prompt_call_kwargs(pipe))
     finally:
         handle.remove()
     return calls
+
+
+def prompt_call_kwargs(pipe) -> dict:
+    """Extra arguments of a prompt call at the pipeline's own default size: PixArt's resolution binning is
+    turned off (at the default size it changes nothing, and it refuses sizes outside its aspect-ratio
+    table)."""
+    return {"use_resolution_binning": False} if type(pipe).__name__ == "PixArtAlphaPipeline" else {}
 
 
 def _progress(iterable, enabled: bool, desc: str):

@@ -206,7 +206,7 @@ def profile_folder(pipe, name: str, configs: list[tuple[str, object]], backends:
     over the classes for DiT), stopping at latents where the pipeline can; the layer-class call is one of
     the float pipeline's own denoiser calls (recorded)."""
     from trtq.runtime.accelerate import denoiser_attr
-    from trtq.runtime.folder import calibration_conditions, record_denoiser_inputs
+    from trtq.runtime.folder import calibration_conditions, prompt_call_kwargs, record_denoiser_inputs
 
     conditions = calibration_conditions(pipe, batch)
     key, items = next(iter(conditions.items()))
@@ -220,7 +220,8 @@ def profile_folder(pipe, name: str, configs: list[tuple[str, object]], backends:
         if key == "labels":
             pipe(class_labels=items, num_inference_steps=steps, generator=gen, output_type="np")
         else:
-            pipe(prompt=items, num_inference_steps=steps, generator=gen, output_type="latent")
+            pipe(prompt=items, num_inference_steps=steps, generator=gen, output_type="latent",
+                 **prompt_call_kwargs(pipe))
 
     return _profile(pipe, name, getattr(pipe, denoiser_attr(pipe)), configs, backends, run=run,
                     call=lambda module: module(*args, **kwargs), batch=batch, steps=steps, warmup=warmup,
