@@ -307,3 +307,22 @@ def test_builtin_recipes_parse(name):
     r = get_recipe(name)
     assert r.method == "efficientdm"
     parse_args(dict(r.method_args))
+
+
+class CudaToyLoop(ToyLoop):
+    def round(self, denoiser, r):
+        x = torch.randn(4, 2, 6, 6, generator=torch.Generator().manual_seed(r)).cuda()
+        with torch.no_grad():
+            for t in STEPS:
+                x = x - 0.1 * denoiser(x, torch.full((4,), float(t), device="cuda"))
+
+
+@pytest.mark.gpu
+def test_distillation_on_cuda_with_autocast_matches_its_merged_model(tmp_path):
+    model = quantize(TimeToy().cuda(), toy_recipe(rounds=2, amp=True), CudaToyLoop())
+    assert all(h["loss"] == h["loss"] for h in model.trtq_efficientdm_stats["history"])  # finite, not NaN
+    save_artifact(model, tmp_path / "art", model_name="toy")
+    loaded = load_artifact(TimeToy().cuda(), tmp_path / "art", model_name="toy")
+    x, t = torch.randn(3, 2, 6, 6, device="cuda"), torch.tensor([100.0, 500.0, 900.0], device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), model(x, t))

@@ -52,7 +52,8 @@ def merged_copy(student: torch.nn.Module) -> torch.nn.Module:
     return snap
 
 
-def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples: int, curve: set[int]):
+def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples: int, curve: set[int],
+            overrides: dict | None = None):
     """Quantize a fresh copy with the recipe (method on `rounds` rounds), sample, measure; plus curve points."""
     from trtq.efficientdm.distill import DigitsDistillLoop
     from trtq.methods import METHODS
@@ -62,7 +63,7 @@ def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples
     cfg = ev.cfg
     recipe = get_recipe(recipe_name).with_overrides({
         "efficientdm.rounds": rounds, "efficientdm.progress": False,
-        "efficientdm.guidance": model.guidance_scale, "efficientdm.cfg_order": "cond_uncond"})
+        "efficientdm.guidance": model.guidance_scale, "efficientdm.cfg_order": "cond_uncond", **(overrides or {})})
     loop = DigitsDistillLoop(model, samples=distill_samples, steps=cfg.steps, seed=CALIB_SEED)
     points = []
 
@@ -84,7 +85,7 @@ def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples
     samples = ev.sample(denoiser)
     sample_s = time.perf_counter() - start
     m = summarize(samples, ev.fp_samples, ev.labels, ev.classifier, ev.reference)
-    return {**{k: m[k] for k in METRICS}, "recipe": recipe_name, "rounds": rounds,
+    return {**{k: m[k] for k in METRICS}, "recipe": recipe_name, "rounds": rounds, "overrides": overrides or {},
             "iterations": stats["iterations"], "trainable_parameters": stats["trainable_parameters"],
             "trainable_steps": stats["trainable_steps"], "peak_memory_mib": stats["peak_memory_mib"],
             "loss": [round(h["loss"], 6) for h in stats["history"]],
