@@ -70,7 +70,8 @@ def test_low_rank_delta_is_kxk_conv_then_1x1_conv_and_linear_branch():
     ad = LowRankDelta(lin.weight, rank=3)
     nonzero_b(ad)
     x = torch.randn(5, 6)
-    torch.testing.assert_close(F.linear(x, lin.weight + ad.delta(), lin.bias), lin(x) + F.linear(F.linear(x, ad.A), ad.B))
+    branch = F.linear(F.linear(x, ad.A), ad.B)  # x -> A -> B beside the layer
+    torch.testing.assert_close(F.linear(x, lin.weight + ad.delta(), lin.bias), lin(x) + branch)
     assert torch.count_nonzero(LowRankDelta(lin.weight, rank=3).delta()) == 0  # B = 0: starts at the PTQ init
 
 

@@ -57,7 +57,8 @@ class DistillConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
                 raise TrtqError(f"efficientdm {k} must be a finite number >= 0, got {v!r}")
-        if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))):
+        g = self.guidance
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float))):
             raise TrtqError(f"efficientdm guidance must be a number or null, got {self.guidance!r}")
         if self.cfg_order not in CFG_ORDERS:
             raise TrtqError(f"efficientdm cfg_order must be one of {CFG_ORDERS}, got {self.cfg_order!r}")

@@ -155,7 +155,8 @@ def markdown_table(parts: list[dict]) -> str:
     for p in parts:
         fp = p["rows"][0]
         lines += [f"**{p['model']}**", "",
-                  "| configuration | recipe | digits-FID ↓ | vs FP | PSNR vs FP (dB) ↑ | accuracy ↑ | fine-tuning (s) | "
+                  "| configuration | recipe | digits-FID ↓ | vs FP | PSNR vs FP (dB) ↑ | accuracy ↑ | "
+                  "fine-tuning (s) | "
                   "iterations | peak memory (MiB) | trainable parameters |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in p["rows"]:
@@ -164,7 +165,8 @@ def markdown_table(parts: list[dict]) -> str:
             tune = "—" if fp_row else f"{r['seconds']['finetune']:.0f}"
             train = "—" if fp_row else f"{r['trainable_parameters']:,} + {r['trainable_steps']:,} steps"
             lines.append(f"| {r['label']} | {r['recipe']} | {_ci(r['fid'], r.get('fid_ci'), '.2f')} | {rel} | "
-                         f"{_ci(r.get('psnr_db'), None, '.2f')} | {_ci(r['accuracy'], r.get('accuracy_ci'), '', True)} | "
+                         f"{_ci(r.get('psnr_db'), None, '.2f')} | "
+                         f"{_ci(r['accuracy'], r.get('accuracy_ci'), '', True)} | "
                          f"{tune} | {r.get('iterations', '—')} | {r.get('peak_memory_mib') or '—'} | {train} |")
         lines.append("")
     return "\n".join(lines)
@@ -186,7 +188,8 @@ def draw_curve(parts: list[dict], path: Path) -> None:
         if init is None or final is None:
             continue
         per_round = final["iterations"] / max(final["rounds"], 1)
-        pts = [(0, init["fid"])] + [(c["rounds"] * per_round, c["fid"]) for c in sorted(p["curve"], key=lambda c: c["rounds"])]
+        curve = sorted(p["curve"], key=lambda c: c["rounds"])
+        pts = [(0, init["fid"])] + [(c["rounds"] * per_round, c["fid"]) for c in curve]
         pts.append((final["iterations"], final["fid"]))
         series.append((p["model"], pts, p["rows"][0]["fid"]))
     if not series:
@@ -247,7 +250,8 @@ def main(argv=None) -> None:
     p0 = parts[0]
     command = (f"python -m trtq.eval.tables.efficientdm --samples {p0['samples']} --steps {p0['steps']} "
                f"--rounds {p0['rounds']} --distill-samples {p0['distill_samples']}"
-               + (f" --curve {args.curve}" if args.curve else "") + (f" --threads {args.threads}" if args.threads else "")
+               + (f" --curve {args.curve}" if args.curve else "")
+               + (f" --threads {args.threads}" if args.threads else "")
                + f" --out {args.out}")
     out = Path(args.out)
     write_generated_block(out, markdown_table(parts), command, BEGIN, END, "EfficientDM on the zoo models")
