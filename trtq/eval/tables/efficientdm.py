@@ -145,16 +145,25 @@ def _ci(v, ci, spec, pct=False):
     return f(v) + (f" [{f(ci[0])}, {f(ci[1])}]" if ci else "")
 
 
+def part_command(p: dict, threads: int | None) -> str:
+    """The command that produces one model's slice (what `--assemble` was given)."""
+    curve = ",".join(str(c["rounds"]) for c in sorted(p["curve"], key=lambda c: c["rounds"]))
+    return (f"python -m trtq.eval.tables.efficientdm --part {p['model']} --json {p['model']}.json "
+            f"--samples {p['samples']} --steps {p['steps']} --rounds {p['rounds']} "
+            f"--distill-samples {p['distill_samples']}" + (f" --curve {curve}" if curve else "")
+            + (f" --threads {threads}" if threads else ""))
+
+
 def markdown_table(parts: list[dict]) -> str:
     p0 = parts[0]
     lines = [f"{p0['samples']} samples per row, {p0['steps']} DDIM steps (trailing), guidance 2.0, 95% bootstrap "
-             f"intervals in brackets. Fine-tuning: {p0['rounds']} rounds × {p0['distill_samples']} random labels "
-             f"(× 2 for guidance) × {p0['steps']} steps, one AdamW step per denoiser call. {p0['machine']}, "
-             f"torch {p0['torch']}, {p0['date']}. Peak memory: increase of the process's resident memory during "
-             "the method (CPU).", ""]
+             f"intervals in brackets. Fine-tuning: rounds × {p0['distill_samples']} random labels (× 2 for "
+             f"guidance) × {p0['steps']} steps, one AdamW step per denoiser call (iterations below). "
+             f"{p0['machine']}, torch {p0['torch']}, {p0['date']}. Peak memory: increase of the process's resident "
+             "memory during the method (CPU).", ""]
     for p in parts:
         fp = p["rows"][0]
-        lines += [f"**{p['model']}**", "",
+        lines += [f"**{p['model']}** ({p['rounds']} rounds)", "",
                   "| configuration | recipe | digits-FID ↓ | vs FP | PSNR vs FP (dB) ↑ | accuracy ↑ | "
                   "fine-tuning (s) | "
                   "iterations | peak memory (MiB) | trainable parameters |",
@@ -162,8 +171,9 @@ def markdown_table(parts: list[dict]) -> str:
         for r in p["rows"]:
             fp_row = r["recipe"] == "fp32"
             rel = "" if fp_row else f"{(r['fid'] / fp['fid'] - 1):+.1%}"
-            tune = "—" if fp_row else f"{r['seconds']['finetune']:.0f}"
-            train = "—" if fp_row else f"{r['trainable_parameters']:,} + {r['trainable_steps']:,} steps"
+            trained = not fp_row and r["rounds"] > 0
+            tune = f"{r['seconds']['finetune']:.0f}" if trained else "—"
+            train = f"{r['trainable_parameters']:,} + {r['trainable_steps']:,} steps" if trained else "—"
             lines.append(f"| {r['label']} | {r['recipe']} | {_ci(r['fid'], r.get('fid_ci'), '.2f')} | {rel} | "
                          f"{_ci(r.get('psnr_db'), None, '.2f')} | "
                          f"{_ci(r['accuracy'], r.get('accuracy_ci'), '', True)} | "
@@ -172,50 +182,55 @@ def markdown_table(parts: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def curve_points(p: dict) -> list[tuple[float, float]] | None:
+    """(iterations, digits-FID) of the EfficientDM student: the PTQ init, the curve points, the final row."""
+    rows = {r["label"]: r for r in p["rows"]}
+    init = next((r for r in p["rows"] if r.get("rounds") == 0), None)
+    final = rows.get("EfficientDM")
+    if init is None or final is None:
+        return None
+    per_round = final["iterations"] / max(final["rounds"], 1)
+    curve = sorted(p["curve"], key=lambda c: c["rounds"])
+    return [(0, init["fid"])] + [(c["rounds"] * per_round, c["fid"]) for c in curve] + \
+        [(final["iterations"], final["fid"])]
+
+
 def draw_curve(parts: list[dict], path: Path) -> None:
-    """digits-FID against fine-tuning iterations (EfficientDM), per model, with FP as a dashed line; Pillow."""
+    """digits-FID against fine-tuning iterations, one panel per model, FP (and QAT's end point) marked; Pillow."""
     from PIL import Image, ImageDraw
 
-    w, h, left, top, bottom = 900, 420, 70, 40, 60
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    d.text((10, 10), "EfficientDM: digits-FID vs fine-tuning iterations (FP dashed)", fill="black")
-    series = []
-    for p in parts:
-        rows = {r["label"]: r for r in p["rows"]}
-        init = next((r for r in p["rows"] if r.get("rounds") == 0), None)
-        final = rows.get("EfficientDM")
-        if init is None or final is None:
-            continue
-        per_round = final["iterations"] / max(final["rounds"], 1)
-        curve = sorted(p["curve"], key=lambda c: c["rounds"])
-        pts = [(0, init["fid"])] + [(c["rounds"] * per_round, c["fid"]) for c in curve]
-        pts.append((final["iterations"], final["fid"]))
-        series.append((p["model"], pts, p["rows"][0]["fid"]))
-    if not series:
+    panels = [(p, pts) for p in parts if (pts := curve_points(p))]
+    if not panels:
         return
-    xmax = max(x for _, pts, _ in series for x, _ in pts) or 1
-    ymax = max(y for _, pts, _ in series for _, y in pts) * 1.1 or 1
-    sx, sy = (w - 20 - left) / xmax, (h - bottom - top) / ymax
-    d.line([(left, top), (left, h - bottom), (w - 20, h - bottom)], fill="black")
-    for i in range(5):
-        y = h - bottom - (h - bottom - top) * i / 4
-        d.text((5, y - 6), f"{ymax * i / 4:.3g}", fill="black")
-        x = left + (w - 20 - left) * i / 4
-        d.text((x - 10, h - bottom + 6), f"{xmax * i / 4:.0f}", fill="black")
-    d.text(((w - left) // 2, h - 22), "iterations", fill="black")
-    colors = [(66, 133, 244), (219, 68, 55), (15, 157, 88)]
-    for j, (name, pts, fp_fid) in enumerate(series):
-        c = colors[j % len(colors)]
-        xy = [(left + x * sx, h - bottom - y * sy) for x, y in pts]
-        d.line(xy, fill=c, width=2)
+    pw, h, left, top, bottom = 460, 400, 60, 50, 50
+    img = Image.new("RGB", (pw * len(panels), h), "white")
+    d = ImageDraw.Draw(img)
+    for j, (p, pts) in enumerate(panels):
+        x0 = j * pw
+        fp_fid = p["rows"][0]["fid"]
+        qat = next((r for r in p["rows"] if r["label"] == "QAT"), None)
+        xmax = max(x for x, _ in pts) or 1
+        ymax = max([y for _, y in pts] + [fp_fid] + ([qat["fid"]] if qat else [])) * 1.1
+        sx, sy = (pw - 20 - left) / xmax, (h - bottom - top) / ymax
+        d.text((x0 + 10, 10), f"{p['model']}: digits-FID vs fine-tuning iterations", fill="black")
+        d.text((x0 + 10, 26), "blue: EfficientDM, dashed: FP, red: QAT (end)", fill="black")
+        d.line([(x0 + left, top), (x0 + left, h - bottom), (x0 + pw - 20, h - bottom)], fill="black")
+        for i in range(5):
+            y = h - bottom - (h - bottom - top) * i / 4
+            d.text((x0 + 5, y - 6), f"{ymax * i / 4:.3g}", fill="black")
+            x = x0 + left + (pw - 20 - left) * i / 4
+            d.text((x - 10, h - bottom + 6), f"{xmax * i / 4:.0f}", fill="black")
+        d.text((x0 + pw // 2 - 20, h - 22), "iterations", fill="black")
+        xy = [(x0 + left + x * sx, h - bottom - y * sy) for x, y in pts]
+        d.line(xy, fill=(66, 133, 244), width=2)
         for x, y in xy:
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=c)
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(66, 133, 244))
         yfp = h - bottom - fp_fid * sy
-        for x0 in range(left, w - 20, 12):
-            d.line([(x0, yfp), (x0 + 6, yfp)], fill=c)
-        d.rectangle([w - 200, top + 16 * j, w - 188, top + 12 + 16 * j], fill=c)
-        d.text((w - 184, top + 16 * j), name, fill="black")
+        for xd in range(x0 + left, x0 + pw - 20, 12):
+            d.line([(xd, yfp), (xd + 6, yfp)], fill="black")
+        if qat:
+            x, y = x0 + left + qat["iterations"] * sx, h - bottom - qat["fid"] * sy
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(219, 68, 55))
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
@@ -248,11 +263,15 @@ def main(argv=None) -> None:
     parts = merge_parts([json.loads(Path(f).read_text()) for f in args.assemble]) if args.assemble \
         else [run(m) for m in ROWS]
     p0 = parts[0]
-    command = (f"python -m trtq.eval.tables.efficientdm --samples {p0['samples']} --steps {p0['steps']} "
-               f"--rounds {p0['rounds']} --distill-samples {p0['distill_samples']}"
-               + (f" --curve {args.curve}" if args.curve else "")
-               + (f" --threads {args.threads}" if args.threads else "")
-               + f" --out {args.out}")
+    if args.assemble:
+        command = "; ".join([part_command(p, args.threads) for p in parts] + [
+            "python -m trtq.eval.tables.efficientdm --assemble "
+            + " ".join(f"{p['model']}.json" for p in parts) + f" --out {args.out}"])
+    else:
+        command = (f"python -m trtq.eval.tables.efficientdm --samples {p0['samples']} --steps {p0['steps']} "
+                   f"--rounds {p0['rounds']} --distill-samples {p0['distill_samples']}"
+                   + (f" --curve {args.curve}" if args.curve else "")
+                   + (f" --threads {args.threads}" if args.threads else "") + f" --out {args.out}")
     out = Path(args.out)
     write_generated_block(out, markdown_table(parts), command, BEGIN, END, "EfficientDM on the zoo models")
     out.with_suffix(".json").write_text(json.dumps(parts, indent=2) + "\n")
