@@ -116,7 +116,8 @@ def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples
         artifact = artifact_round_trip(model, denoiser)
     except Exception as e:  # recorded in the slice (and the doc), never hidden; the metrics above stand
         artifact = {"error": f"{type(e).__name__}: {e}"}
-    return {**{k: m[k] for k in METRICS}, "recipe": recipe_name, "artifact": artifact, "rounds": rounds, "overrides": overrides or {},
+    return {**{k: m[k] for k in METRICS}, "recipe": recipe_name, "artifact": artifact, "rounds": rounds,
+            "overrides": overrides or {},
             "iterations": stats["iterations"], "trainable_parameters": stats["trainable_parameters"],
             "trainable_steps": stats["trainable_steps"], "peak_memory_mib": stats["peak_memory_mib"],
             "loss": [round(h["loss"], 6) for h in stats["history"]],
