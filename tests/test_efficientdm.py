@@ -288,6 +288,46 @@ def test_artifact_round_trip_holds_merged_weights_and_no_lora(tmp_path):
     assert {n for n, _ in table_quantizers(loaded)} == {n for n, _ in table_quantizers(model)}
 
 
+class TokenToy(nn.Module):
+    """Two linears on [B, tokens, 32] with the timestep scaling the features: fp4-sized layers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin_a, self.lin_b = nn.Linear(32, 32), nn.Linear(32, 32)
+
+    def forward(self, sample, timestep):
+        return self.lin_b(F.gelu(self.lin_a(sample) * (1 + timestep.reshape(-1, 1, 1) / 500)))
+
+
+class TokenLoop(ToyLoop):
+    def round(self, denoiser, r):
+        x = torch.randn(4, 3, 32, generator=torch.Generator().manual_seed(r))
+        with torch.no_grad():
+            for t in STEPS:
+                x = x - 0.1 * denoiser(x, torch.full((4,), float(t)))
+
+
+def test_fp4_efficientdm_artifact_round_trip(tmp_path):
+    fp4 = {"types": ["Linear"], "layer": "fp4", "layer_args": {"group_size": 16},
+           "weight": {"format": "fp4_e2m1", "granularity": "group", "axis": 1, "group_size": 16},
+           "input": {"format": "fp4_e2m1", "granularity": "group", "axis": -1, "group_size": 16, "dynamic": True}}
+    recipe = Recipe.from_dict({"name": "toy-fp4-efficientdm", "method": "efficientdm", "rules": [fp4],
+                               "method_args": {"rank": 2, "rounds": 2, "progress": False, "init": "hqdit",
+                                               "hqdit": {"gptq": False, "select_format": False}}})
+    init = quantize(TokenToy(), Recipe.from_dict({**recipe.to_dict(), "method_args": {
+        **recipe.method_args, "rounds": 0}}), TokenLoop())
+    model = quantize(TokenToy(), recipe, TokenLoop())
+    assert all(type(m) is FP4Linear for m in (model.lin_a, model.lin_b))
+    assert not torch.equal(model.lin_a.weight_packed, init.lin_a.weight_packed)  # the update was merged
+    save_artifact(model, tmp_path / "art", model_name="toy")
+    assert not [k for k in load_file(str(tmp_path / "art" / "scales.safetensors")) if "adapter" in k]
+    loaded = load_artifact(TokenToy(), tmp_path / "art", model_name="toy")
+    x, t = torch.randn(2, 3, 32), torch.tensor([100.0, 900.0])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), model(x, t), rtol=0, atol=0)
+
+
 def test_guided_loss_and_bad_arguments():
     eps = torch.tensor([[1.0], [3.0]])  # [cond; uncond]
     assert guided(eps, 2.0, "cond_uncond").item() == pytest.approx(3 + 2 * (1 - 3))
