@@ -32,7 +32,7 @@ from trtq.errors import TrtqError
 from trtq.formats import IntFormat
 from trtq.fp4 import FP32_SCALES, dynamic_act_scales, fake_quantize_groups
 from trtq.nn.fp4_linear import FP4Linear
-from trtq.nn.modules import QuantConv2d, QuantLinear, _QuantMixin
+from trtq.nn.modules import QuantConv2d, QuantLinear
 from trtq.nn.timestep import TimestepTensorQuantizer, use_timestep_table
 from trtq.quantizer import expand_scale
 
@@ -272,4 +272,5 @@ def weight_step(layer: nn.Module) -> torch.Tensor:
 
 
 def is_qalora(module: nn.Module) -> bool:
-    return isinstance(module, _QALoRAMixin) and isinstance(module, _QuantMixin)
+    """A layer of kind "qalora" (stored integer codes)."""
+    return isinstance(module, _QALoRAMixin)
