@@ -23,7 +23,8 @@ def register_method(name: str):
 # The built-in methods register themselves (and their layer kinds) on import. They may import trtq.nn,
 # trtq.quantizer, trtq.formats, trtq.scheme, trtq.observers, trtq.ops and this module, never trtq.quantize
 # or the top-level package (which import this module).
-BUILTIN_METHODS = ("trtq.methods.winograd", "trtq.methods.hqdit", "trtq.methods.smoothquant", "trtq.methods.tfmq")
+BUILTIN_METHODS = ("trtq.methods.winograd", "trtq.methods.hqdit", "trtq.methods.smoothquant", "trtq.methods.tfmq",
+                   "trtq.methods.efficientdm")
 
 
 def _load_builtin_methods() -> None:

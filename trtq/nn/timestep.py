@@ -17,6 +17,10 @@ Under `torch.compile`/`torch.export` the hooks are traced with the forward, so t
 A timestep that was not calibrated is an error (`TrtqError`), or, with `on_unknown="nearest"`, the nearest
 calibrated step's scales with a warning (the warning is raised in eager mode only; a compiled graph takes
 the nearest row silently, while the strict check stays in the graph as a runtime assert).
+
+EfficientDM's TALSQ learns these tables: `set_steps_learnable` turns a static quantizer's steps (a table or a
+plain scale) into a Parameter with LSQ's gradient and back into the buffer artifacts save; `resample_table` /
+`retime_tables` point a table at another sampler's timesteps explicitly (subsample exact rows, or interpolate).
 """
 
 from __future__ import annotations
@@ -230,3 +234,78 @@ def use_timestep_table(layer: nn.Module, on_unknown: str = "error") -> TimestepT
     table = TimestepTensorQuantizer(q.scheme, on_unknown=on_unknown)
     layer.input_quantizer = table
     return table
+
+
+# ------------------------------------------------------------------ learned steps (TALSQ) and retiming
+def set_steps_learnable(q: TensorQuantizer, learnable: bool) -> nn.Parameter | None:
+    """Make a static quantizer's step sizes (`scale`: one value, a per-channel row, or a timestep table) a
+    Parameter that training updates (LSQ: `fake_quantize` already gives the step its LSQ gradient), or turn
+    them back into the buffer that artifacts save. Returns the Parameter (None when frozen again).
+
+    Zero points stay buffers: LSQ learns the step, the offset is kept from calibration."""
+    if q.scheme.dynamic:
+        raise TrtqError(f"{q.__dict__.get('qualname') or 'this quantizer'} computes its scales per call: "
+                        "there is no step size to learn")
+    if not q.calibrated:
+        raise TrtqError("calibrate a quantizer before learning its step sizes (LSQ starts from calibration)")
+    current = q.scale
+    if learnable:
+        if isinstance(current, nn.Parameter):
+            return current
+        del q._buffers["scale"]
+        q.scale = nn.Parameter(current.detach().clone())
+        return q.scale
+    if isinstance(current, nn.Parameter):
+        del q._parameters["scale"]
+        q.register_buffer("scale", current.detach().clone())
+    return None
+
+
+RETIME = ("subsample", "interpolate")
+
+
+def resample_table(q: TimestepTensorQuantizer, timesteps, how: str = "subsample") -> None:
+    """Point a table at the timesteps of another sampler (e.g. fewer steps than it was calibrated/trained for).
+
+    - "subsample": keep the rows of exactly these timesteps; one that is not in the table is an error.
+    - "interpolate": linear interpolation in t between the two nearest rows (the end rows beyond the ends);
+      zero points are interpolated and rounded to the integer grid.
+    Explicit by design: a table never guesses at sampling time which row a new schedule should use."""
+    if how not in RETIME:
+        raise TrtqError(f"retiming must be one of {RETIME}, got {how!r}")
+    if not q.calibrated:
+        raise TrtqError("this timestep quantizer has no table yet: calibrate it first")
+    if isinstance(q.scale, nn.Parameter):
+        raise TrtqError("freeze learned steps (set_steps_learnable(q, False)) before retiming the table")
+    new = torch.as_tensor(timesteps, dtype=torch.float32).reshape(-1).unique()  # sorted ascending
+    old = q.timesteps.to(new.device)
+    if how == "subsample":
+        dist = (new.reshape(-1, 1) - old.reshape(1, -1)).abs()
+        exact = dist.amin(1) == 0
+        if not bool(exact.all()):
+            missing = ", ".join(f"{v:g}" for v in new[~exact].tolist())
+            raise TrtqError(f"timestep(s) {missing} are not in the table (subsampling keeps existing rows); "
+                            "use how='interpolate'")
+        idx = dist.argmin(1)
+        scale = q.scale.index_select(0, idx.to(q.scale.device))
+        zp = None if q.zero_point is None else q.zero_point.index_select(0, idx.to(q.zero_point.device))
+    else:
+        hi = torch.searchsorted(old, new).clamp(1, max(old.numel() - 1, 1))
+        lo = hi - 1
+        if old.numel() == 1:
+            lo = hi = torch.zeros_like(hi)
+        span = (old[hi] - old[lo]).clamp_min(1e-12)
+        w = ((new - old[lo]) / span).clamp(0, 1).to(q.scale.device)
+        lo, hi = lo.to(q.scale.device), hi.to(q.scale.device)
+        scale = q.scale[lo] * (1 - w) + q.scale[hi] * w
+        zp = None if q.zero_point is None else (q.zero_point[lo] * (1 - w) + q.zero_point[hi] * w).round()
+    q.timesteps, q.scale, q.zero_point = new.to(q.scale.device), scale.contiguous(), zp
+
+
+def retime_tables(model: nn.Module, timesteps, how: str = "subsample") -> int:
+    """`resample_table` on every table quantizer of a model; returns how many tables were retimed."""
+    n = 0
+    for _, q in table_quantizers(model):
+        resample_table(q, timesteps, how)
+        n += 1
+    return n
