@@ -1,0 +1,97 @@
+"""Calibration speed (issue 16): the fast FP4 encoding is bit for bit the reference rounding, artifacts load
+their packed codes without re-encoding, and the batched HQ-DiT searches choose what the loops chose."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import trtq
+from trtq import Recipe
+from trtq.formats import FORMATS, pack_4bit
+from trtq.fp4 import FP4_FORMATS, group_amax, quantize_groups, scales_from_amax
+from trtq.nn import fp4_linear
+from trtq.nn.fp4_linear import FP4Linear, encode_groups
+
+FLOAT_FORMATS = [name for name, f in FORMATS.items() if f.kind == "float"]
+
+
+def edge_values(fmt) -> torch.Tensor:
+    """Grid values, every tie, the floats either side of each tie, zeros, subnormals, ±max, beyond max, inf."""
+    mags = fmt._magnitudes.float()
+    mids = (mags[1:] + mags[:-1]) / 2
+    inf = torch.tensor(float("inf"))
+    pos = torch.cat([mags, mids, torch.nextafter(mids, inf), torch.nextafter(mids, -inf),
+                     torch.tensor([0.0, 1e-45, 1e-40, 1e-38, fmt.max_value, fmt.max_value * 1.01, 3e38, float("inf")])])
+    return torch.cat([pos, -pos])
+
+
+@pytest.mark.parametrize("name", FLOAT_FORMATS)
+def test_encode_nearest_is_encode_of_round(name):
+    fmt = FORMATS[name]
+    gen = torch.Generator().manual_seed(1)
+    bits = torch.randint(-2**31, 2**31 - 1, (200_000,), generator=gen, dtype=torch.int64).to(torch.int32)
+    anything = bits.view(torch.float32)  # every exponent, subnormals included
+    anything = anything[~torch.isnan(anything)]
+    near = torch.randn(200_000, generator=gen) * fmt.max_value / 3
+    for x in (edge_values(fmt), anything, near):
+        assert torch.equal(fmt.encode_nearest(x), fmt.encode(fmt.round(x)))
+        assert torch.equal(fmt.encode_nearest(x.double()), fmt.encode(fmt.round(x.double())))
+    # -0 and small negatives keep the sign bit, as round() then encode() give them
+    assert fmt.encode_nearest(torch.tensor([-0.0, -1e-30])).tolist() == [1 << (fmt.bits - 1)] * 2
+    # float64 is rounded once, in float64 (through float32 first, 0.25 + 2^-40 would tie and round to 0)
+    if name == "fp4_e2m1":
+        assert fmt.encode_nearest(torch.tensor([0.25 + 2**-40], dtype=torch.float64)).item() == 1
+
+
+@pytest.mark.parametrize("name", FLOAT_FORMATS)
+def test_encode_nearest_refuses_nan_as_encode_does(name):
+    fmt = FORMATS[name]
+    x = torch.tensor([1.0, float("nan")])
+    with pytest.raises(ValueError):
+        fmt.encode(fmt.round(x))
+    with pytest.raises(ValueError, match="NaN"):
+        fmt.encode_nearest(x)
+
+
+@pytest.mark.parametrize("name", FP4_FORMATS)
+@pytest.mark.parametrize("g", [16, 128])
+def test_encode_groups_is_the_reference_packing(name, g, monkeypatch):
+    torch.manual_seed(0)
+    w = torch.randn(300, 256) * torch.logspace(-3, 2, 300)[:, None]  # many binades, rows across slices
+    w[0, :5] = torch.tensor([0.0, -0.0, 1e-40, -1e-40, float("inf")])
+    scale = scales_from_amax(group_amax(w.clamp(-1e3, 1e3), g), name)
+    monkeypatch.setattr(fp4_linear, "ENCODE_ROWS", 64)  # several slices, the last one partial
+    ref = pack_4bit(FORMATS[name].encode(quantize_groups(w, scale, name, g)))
+    assert torch.equal(encode_groups(w, scale, name, g), ref)
+
+
+def fp4_recipe(method=None, **method_args):
+    w = {"format": "fp4_e2m1", "granularity": "group", "axis": 1, "group_size": 16}
+    a = {"format": "fp4_e2m1", "granularity": "group", "axis": -1, "group_size": 16, "dynamic": True}
+    rule = {"pattern": "*", "types": ["Linear"], "layer": "fp4", "layer_args": {"group_size": 16},
+            "weight": w, "input": a}
+    return Recipe.from_dict({"name": "t", "rules": [rule], **({"method": method, "method_args": method_args}
+                                                              if method else {})})
+
+
+def test_load_artifact_takes_the_stored_codes_without_encoding(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    fp = nn.Sequential(nn.Linear(64, 48), nn.GELU(), nn.Linear(48, 32))
+    x = torch.randn(40, 64)
+    q = trtq.quantize(copy.deepcopy(fp), fp4_recipe("hqdit", progress=False), lambda m: m(x))
+    trtq.save_artifact(q, tmp_path / "a", "mlp")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("load_artifact encoded weights the artifact already holds")
+
+    monkeypatch.setattr(fp4_linear, "encode_groups", no_encoding)
+    loaded = trtq.load_artifact(copy.deepcopy(fp), tmp_path / "a")
+    for a, b in zip(q.modules(), loaded.modules()):
+        if isinstance(a, FP4Linear):
+            assert torch.equal(a.weight_packed, b.weight_packed) and a.weight_format == b.weight_format
+    assert torch.equal(loaded(x), q(x))
+    # outside load_artifact, building a layer encodes its weights again
+    with pytest.raises(AssertionError, match="already holds"):
+        trtq.quantize(copy.deepcopy(fp), fp4_recipe())
