@@ -95,3 +95,80 @@ def test_load_artifact_takes_the_stored_codes_without_encoding(tmp_path, monkeyp
     # outside load_artifact, building a layer encodes its weights again
     with pytest.raises(AssertionError, match="already holds"):
         trtq.quantize(copy.deepcopy(fp), fp4_recipe())
+
+
+# ----------------------------------------------------------------------------------- HQ-DiT searches
+def hqdit_layer(n=96, k=128, g=16, dynamic=True, scale_format=None, seed=0):
+    from trtq import QuantScheme
+
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n)
+    lin.weight.data *= torch.logspace(-2, 1, n)[:, None]  # rows over several binades
+    w = QuantScheme(format="fp4_e2m1", granularity="group", axis=1, group_size=g, scale_format=scale_format)
+    a = QuantScheme(format="fp4_e2m1", granularity="group", axis=-1, group_size=g, dynamic=dynamic,
+                    scale_format=scale_format if dynamic else None)
+    return FP4Linear.from_float(lin, w, a, group_size=g)
+
+
+@pytest.mark.parametrize("name", FP4_FORMATS)
+def test_hqdit_fake_quantize_is_fake_quantize_groups(name):
+    from trtq.fp4 import fake_quantize_groups
+    from trtq.methods.hqdit import fake_quantize
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 64, generator=gen) * 4
+    x[0, :3] = torch.tensor([0.0, -0.0, -1e-30])
+    for scale in (torch.rand(50, 4, generator=gen) + 0.05, torch.rand(4, generator=gen) + 0.05):
+        assert torch.equal(fake_quantize(x, scale, name, 16), fake_quantize_groups(x, scale, name, 16))
+        assert torch.equal(fake_quantize(x.double(), scale.double(), name, 16),  # GPTQ's float64 columns
+                           fake_quantize_groups(x.double(), scale.double(), name, 16))
+
+
+@pytest.mark.parametrize("name", FP4_FORMATS)
+def test_batched_weight_clip_search_equals_the_loop_over_ratios(name, monkeypatch):
+    from trtq.fp4 import fake_quantize_groups
+    from trtq.methods import hqdit
+
+    layer = hqdit_layer()
+    w = layer.weight.detach()
+    # the search as one loop over ratios, each over the whole weight (the first least error wins)
+    amax = group_amax(w, 16)
+    best_err, best = torch.full_like(amax, float("inf")), amax.clone()
+    for r in hqdit.CLIP_RATIOS:
+        err = (fake_quantize_groups(w, scales_from_amax(amax * r, name), name, 16) - w).pow(2)
+        err = err.reshape(*amax.shape, 16).sum(-1)
+        better = err < best_err
+        best_err, best = torch.where(better, err, best_err), torch.where(better, amax * r, best)
+    expected = layer.weight_scales(w, clip=best / amax.clamp_min(1e-30), fmt=name)
+    monkeypatch.setattr(hqdit, "SEARCH_ELEMENTS", 11 * 128 * 7)  # slices of 7 rows, the last one partial
+    got = hqdit.search_weight_scales(layer, w, name, clip=True)
+    assert torch.equal(got, expected)
+    assert (best < amax).any()  # the search clipped some groups (it is not comparing min-max with itself)
+
+
+@pytest.mark.parametrize("dynamic,scale_format", [(True, None), (True, "fp8_e4m3"), (False, None)])
+def test_format_choice_errors_are_the_layer_forward_errors(dynamic, scale_format):
+    from trtq.hadamard import random_signs
+    from trtq.methods.hqdit import search_act, search_weight_scales, select_formats
+
+    layer = hqdit_layer(dynamic=dynamic, scale_format=scale_format)
+    layer.set_rotation(random_signs(layer.in_features, 3))
+    x = torch.randn(200, layer.in_features) * torch.logspace(-1, 1, layer.in_features)
+    xr = layer.rotate_input(x)
+    w = layer.rotated_weight()
+    wc = {f: (w, search_weight_scales(layer, w, f, True)) for f in FP4_FORMATS}
+    ac = {f: search_act(layer, xr, xr.abs().amax(0), f, True) for f in FP4_FORMATS}
+    choice, errors = select_formats(layer, x, wc, ac)
+    forward = {}  # each pair through the layer's own forward (trtq::fp4_group_gemm)
+    with torch.no_grad():
+        ref = nn.functional.linear(x, layer.weight, layer.bias)
+        for wf, (ww, scale) in wc.items():
+            layer.pack_weight(ww, scale, fmt=wf)
+            for af, act in ac.items():
+                layer.set_act(af, *act)
+                forward[(wf, af)] = float((layer(x) - ref).pow(2).mean())
+    assert errors.keys() == forward.keys()
+    for pair, e in forward.items():
+        assert errors[pair] == pytest.approx(e, rel=1e-5), pair
+    assert choice == min(forward, key=forward.get)
+    assert len(set(round(e, 12) for e in forward.values())) == 9  # nine distinct errors: the choice is a real one

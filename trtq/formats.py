@@ -151,9 +151,10 @@ class FloatFormat:
         bounds = self._boundaries(xf.dtype).to(xf.device)
         mag = xf.abs()
         if len(bounds) <= 15:  # 4-bit: unrolled comparisons beat a binary search
-            codes = torch.zeros(xf.shape, dtype=torch.uint8, device=xf.device)
-            for b in bounds.tolist():
-                codes += mag >= b
+            first, *rest = bounds.tolist()
+            codes = (mag >= first).to(torch.uint8)
+            for b in rest:
+                codes.add_(mag >= b)
         else:
             codes = torch.bucketize(mag, bounds, right=True).to(torch.uint8)
         return codes | (torch.signbit(xf).to(torch.uint8) << (self.bits - 1))
