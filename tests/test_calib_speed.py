@@ -172,3 +172,82 @@ def test_format_choice_errors_are_the_layer_forward_errors(dynamic, scale_format
         assert errors[pair] == pytest.approx(e, rel=1e-5), pair
     assert choice == min(forward, key=forward.get)
     assert len(set(round(e, 12) for e in forward.values())) == 9  # nine distinct errors: the choice is a real one
+
+
+# ----------------------------------------------------------------------------------- Winograd scale learning
+def winograd_layer(cin=32, cout=64, tile=4, granularity="group"):
+    from trtq import QuantScheme
+    from trtq.winograd.layer import WinogradQuantConv2d
+
+    conv = nn.Conv2d(cin, cout, 3, padding=1)
+    with torch.no_grad():  # output channels of different magnitudes
+        conv.weight.mul_(torch.logspace(-1, 0.5, cout)[:, None, None, None])
+    if granularity == "tensor":
+        w, a = QuantScheme(format="int8"), QuantScheme(format="int8", dynamic=True)
+        return WinogradQuantConv2d.from_float(conv, w, a, tile=tile)
+    w = QuantScheme(format="int8", granularity="group", axis=1, group_size=32)
+    a = QuantScheme(format="int8", granularity="group", axis=1, group_size=32, dynamic=True)
+    return WinogradQuantConv2d.from_float(conv, w, a, tile=tile, group_size=32)
+
+
+@pytest.mark.parametrize("tile", [2, 4, 6])
+def test_tile_sample_is_a_strip_of_whole_tiles(tile):
+    import torch.nn.functional as F
+
+    from trtq.winograd.conv import extract_tiles
+    from trtq.winograd.learn import relative_error, sample_problem
+
+    layer = winograd_layer(tile=tile)
+    gen = torch.Generator().manual_seed(0)
+    x, padding, channels = sample_problem(layer, gen, 5, 16)
+    assert padding == (0, 0) and x.shape == (1, 32, tile + 2, 5 * tile + 2)
+    _, grid = extract_tiles(x, tile, padding)
+    assert (grid.tiles_h, grid.tiles_w, grid.out_h, grid.out_w) == (1, 5, tile, 5 * tile)  # no partial tile
+    assert channels.tolist() == sorted(set(channels.tolist())) and len(channels) == 16
+    # the loss is the relative error over exactly those output channels
+    s = torch.ones(tile + 2)
+    w = layer.weight.detach()[channels]
+    y = F.conv2d(x, w)
+    from trtq.winograd.quant import fake_quant_winograd_conv
+
+    yq = fake_quant_winograd_conv(x, w, None, s, s, tile, (0, 0), 32, "group")
+    expected = ((yq - y) ** 2).sum() / (y**2).sum()
+    assert torch.allclose(relative_error(layer, x, s, s, padding, channels), expected)
+    # per-tensor weight scales span every channel: no channel sample there; None: the old full batch
+    assert sample_problem(winograd_layer(granularity="tensor"), gen, 5, 16)[2] is None
+    x, padding, channels = sample_problem(layer, gen, None, None)
+    assert x.shape == (4, 32, 24, 24) and padding is None and channels is None
+
+
+def test_learning_on_a_sample_of_tiles_and_channels_improves_sqnr():
+    import torch.nn.functional as F
+
+    from trtq.winograd.learn import learn_transform_scales, sqnr_db
+    from trtq.winograd.quant import fake_quant_winograd_conv
+
+    torch.manual_seed(0)
+    layers = {"c0": winograd_layer(32, 64, tile=6), "c1": winograd_layer(64, 64, tile=6)}
+    gen = torch.Generator().manual_seed(7)
+    x = {k: torch.randn(2, m.in_channels, 16, 16, generator=gen) for k, m in layers.items()}
+
+    def sqnrs():  # of the fake-quant Winograd conv (the op's numbers up to summation order; much faster here)
+        with torch.no_grad():
+            return [sqnr_db(fake_quant_winograd_conv(x[k], m.weight, None, m.s_b, m.s_g, 6, (1, 1), 32, "group"),
+                            F.conv2d(x[k], m.weight, padding=1)) for k, m in layers.items()]
+
+    before = sqnrs()
+    stats = learn_transform_scales(layers, steps=40, seed=0, progress=False, tile_sample=4, channel_sample=16)
+    after = sqnrs()
+    assert all(a > b + 6 for a, b in zip(after, before)), (before, after)
+    assert stats["loss_last"] < stats["loss_first"]
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "8"])
+def test_sample_knobs_are_checked(value):
+    from trtq import TrtqError
+    from trtq.methods.winograd import _args
+
+    assert _args({"tile_sample": None, "channel_sample": 7})["channel_sample"] == 7
+    for knob in ("tile_sample", "channel_sample"):
+        with pytest.raises(TrtqError, match=f"{knob} must be an integer >= 1 or null"):
+            _args({knob: value})
