@@ -251,3 +251,29 @@ def test_sample_knobs_are_checked(value):
     for knob in ("tile_sample", "channel_sample"):
         with pytest.raises(TrtqError, match=f"{knob} must be an integer >= 1 or null"):
             _args({knob: value})
+
+
+def test_blocked_gptq_equals_column_by_column_gptq(monkeypatch):
+    from trtq.methods import hqdit
+    from trtq.methods.hqdit import fake_quantize, gptq_fp4
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 96)
+    x = torch.randn(300, 96) * torch.logspace(-1, 1, 96)
+    h = x.T.double() @ x.double()
+    h[5, :], h[:, 5] = 0, 0  # a dead input column
+    scale = scales_from_amax(group_amax(w, 16), "fp4_e2m1")
+    # the unblocked algorithm, spelled out
+    ww, hh = w.double().clone(), h.clone()
+    dead = torch.diag(hh) == 0
+    hh[dead, dead] = 1.0
+    ww[:, dead] = 0.0
+    hh += 0.01 * torch.diag(hh).mean() * torch.eye(96, dtype=hh.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hh)), upper=True)
+    s = scale.double().repeat_interleave(16, dim=1)
+    q = torch.zeros_like(ww)
+    for i in range(96):
+        q[:, i] = fake_quantize(ww[:, i : i + 1], s[:, i : i + 1], "fp4_e2m1", 1)[:, 0]
+        ww[:, i + 1 :] -= ((ww[:, i] - q[:, i]) / hinv[i, i])[:, None] * hinv[i, i + 1 :][None, :]
+    monkeypatch.setattr(hqdit, "GPTQ_BLOCK", 40)  # blocks of 40, 40, 16
+    assert torch.equal(gptq_fp4(w, h, scale, "fp4_e2m1", 16, 0.01), q.float())

@@ -10,6 +10,7 @@ are finite, as in OCP MX FP4); FP8 E4M3 is the OCP "fn" variant (no inf, one NaN
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -127,6 +128,7 @@ class FloatFormat:
         sign = (torch.signbit(v.float())).to(torch.int16) << (self.bits - 1)
         return (idx.to(torch.int16) | sign).to(torch.uint8)
 
+    @functools.lru_cache(maxsize=None)  # noqa: B019  (a handful of formats x dtypes, for the process)
     def _boundaries(self, dtype: torch.dtype) -> torch.Tensor:
         """Magnitude thresholds b_i (ascending, in `dtype`): |x| >= b_i means |x| rounds to code i+1 or above.
 

@@ -189,9 +189,17 @@ def search_act(layer: FP4Linear, xr: torch.Tensor, col_amax: torch.Tensor, fmt: 
     return 1.0, scales_from_amax(amax[0] * ratios[errs.sum(1).argmin()], fmt)
 
 
+GPTQ_BLOCK = 128  # columns whose errors reach the later columns in one matrix product
+
+
 def gptq_fp4(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, fmt: str, g: int, damp: float):
     """GPTQ on a group-scaled FP4 grid: quantize column by column, pushing each column's error onto the
-    columns not yet quantized through the inverse Hessian (scales fixed in advance)."""
+    columns not yet quantized through the inverse Hessian (scales fixed in advance).
+
+    Lazy batch updates (the GPTQ paper's): inside a block of GPTQ_BLOCK columns the errors update the block's
+    own columns one by one; the columns after it get the whole block's errors in one product at its end.
+    The same sums in another order (float64): a column-by-column update of every later column read and wrote
+    the whole weight once per column."""
     w = w.double().clone()
     h = hessian.double().clone()
     dead = torch.diag(h) == 0
@@ -201,11 +209,17 @@ def gptq_fp4(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, fmt: s
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     s = scale.double().repeat_interleave(g, dim=1)
     q = torch.zeros_like(w)
-    for i in range(w.shape[1]):
-        col = w[:, i]
-        q[:, i] = fake_quantize(col[:, None], s[:, i : i + 1], fmt, 1)[:, 0].double()
-        err = (col - q[:, i]) / hinv[i, i]
-        w[:, i + 1 :] -= err[:, None] * hinv[i, i + 1 :][None, :]
+    k = w.shape[1]
+    for b0 in range(0, k, GPTQ_BLOCK):
+        b1 = min(b0 + GPTQ_BLOCK, k)
+        errs = torch.empty(w.shape[0], b1 - b0, dtype=w.dtype, device=w.device)
+        for i in range(b0, b1):
+            col = w[:, i]
+            q[:, i] = fake_quantize(col[:, None], s[:, i : i + 1], fmt, 1)[:, 0].double()
+            err = (col - q[:, i]) / hinv[i, i]
+            w[:, i + 1 : b1] -= err[:, None] * hinv[i, i + 1 : b1][None, :]
+            errs[:, i - b0] = err
+        w[:, b1:] -= errs @ hinv[b0:b1, b1:]
     return q.float()
 
 
