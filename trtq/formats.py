@@ -145,8 +145,8 @@ class FloatFormat:
         saturation as `round`; -0 and negatives that round to zero get the sign bit, as there), uint8.
 
         A threshold count instead of per-element rounding arithmetic: for a 4-bit format, 7 comparisons per
-        element, ~20x faster than round + encode on CPU. Computed in float32 (float64 input in float64, as
-        `round` does). NaN has no code: ValueError, as `encode` raises on it."""
+        element, 5-20x faster than round + encode on this CPU. Computed in float32 (float64 input in
+        float64, as `round` does). NaN has no code: ValueError, as `encode` raises on it."""
         xf = x if x.dtype == torch.float64 else x.float()
         if torch.isnan(xf).any():
             raise ValueError(f"encode_nearest() got NaN, which has no {self.name} code")
