@@ -178,6 +178,7 @@ def check_artifact(path: str | Path, model: nn.Module, model_name: str | None = 
 def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = None) -> nn.Module:
     """Quantize a float `model` in place with the scales of artifact `path`. Refuses a foreign artifact and
     anything in it that does not fit this model; on refusal the model is left as it was."""
+    from trtq.nn.fp4_linear import packing_deferred
     from trtq.quantize import prepare, restore
 
     path = Path(path)
@@ -185,7 +186,10 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
     where = f"artifact manifest {path / MANIFEST}"
     recipe = Recipe.from_dict(manifest["recipe"], where, "recipe")
     try:
-        originals = prepare(model, recipe, warn=False)  # quantize already said what stays float
+        # FP4 layers skip encoding their weights: the artifact's packed codes (a required tensor of every
+        # artifact with FP4 layers) replace them, and `_check_packed_weights` checks those against the weights.
+        with packing_deferred():
+            originals = prepare(model, recipe, warn=False)  # quantize already said what stays float
     except TrtqError as e:
         raise located(where, "recipe", e) from None
     try:

@@ -10,6 +10,7 @@ are finite, as in OCP MX FP4); FP8 E4M3 is the OCP "fn" variant (no inf, one NaN
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -126,6 +127,39 @@ class FloatFormat:
             raise ValueError(f"encode() got values that are not on the {self.name} grid; round() them first")
         sign = (torch.signbit(v.float())).to(torch.int16) << (self.bits - 1)
         return (idx.to(torch.int16) | sign).to(torch.uint8)
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019  (a handful of formats x dtypes, for the process)
+    def _boundaries(self, dtype: torch.dtype) -> torch.Tensor:
+        """Magnitude thresholds b_i (ascending, in `dtype`): |x| >= b_i means |x| rounds to code i+1 or above.
+
+        b_i is the midpoint of magnitudes i and i+1 where `round` sends that tie up, the next representable
+        number above the midpoint where it sends it down. The tie directions are read off `round` itself, so
+        `encode_nearest` cannot drift from it (midpoints of a <= 8-bit grid are exact in float32)."""
+        mags = self._magnitudes.to(dtype)
+        mids = (mags[1:] + mags[:-1]) / 2
+        up = self.round(mids) == mags[1:]
+        return torch.where(up, mids, torch.nextafter(mids, torch.tensor(float("inf"), dtype=dtype)))
+
+    def encode_nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """`encode(round(x))` in one pass: the code of the representable value nearest to x (ties and
+        saturation as `round`; -0 and negatives that round to zero get the sign bit, as there), uint8.
+
+        A threshold count instead of per-element rounding arithmetic: for a 4-bit format, 7 comparisons per
+        element, 5-20x faster than round + encode on this CPU. Computed in float32 (float64 input in
+        float64, as `round` does). NaN has no code: ValueError, as `encode` raises on it."""
+        xf = x if x.dtype == torch.float64 else x.float()
+        if torch.isnan(xf).any():
+            raise ValueError(f"encode_nearest() got NaN, which has no {self.name} code")
+        bounds = self._boundaries(xf.dtype).to(xf.device)
+        mag = xf.abs()
+        if len(bounds) <= 15:  # 4-bit: unrolled comparisons beat a binary search
+            first, *rest = bounds.tolist()
+            codes = (mag >= first).to(torch.uint8)
+            for b in rest:
+                codes.add_(mag >= b)
+        else:
+            codes = torch.bucketize(mag, bounds, right=True).to(torch.uint8)
+        return codes | (torch.signbit(xf).to(torch.uint8) << (self.bits - 1))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes -> values (float32); with `nan_code`, the all-ones magnitude (0x7F / 0xFF for E4M3) is NaN."""

@@ -15,7 +15,10 @@ Per-layer choices (weight format, activation clip ratio) travel in `artifact_con
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +34,6 @@ from trtq.fp4 import (
     GROUP_SIZES,
     code_values,
     group_amax,
-    quantize_groups,
     scales_from_amax,
 )
 from trtq.hadamard import rotate
@@ -39,6 +41,42 @@ from trtq.nn.modules import _QuantMixin, register_layer_kind
 from trtq.nn.tensor_quantizer import TensorQuantizer
 from trtq.quantizer import double_quantize_scale
 from trtq.scheme import QuantScheme
+
+
+ENCODE_ROWS = 256  # rows encoded per pass: bounds the float temporaries of packing to a slice of the weight
+
+
+def encode_groups(w: torch.Tensor, scale: torch.Tensor, fmt_name: str, g: int) -> torch.Tensor:
+    """Packed codes [N, K/2] of w [N, K] with group scales [N, K/g]: bit for bit
+    `pack_4bit(encode(quantize_groups(w, scale, fmt, g)))` (same IEEE division, clamp and rounding), done
+    by `FloatFormat.encode_nearest` on row slices, with no weight-sized float temporary."""
+    fmt = get_format(fmt_name)
+    n, k = w.shape
+    out = torch.empty(n, k // 2, dtype=torch.uint8, device=w.device)
+    for r in range(0, n, ENCODE_ROWS):
+        rows = w[r : r + ENCODE_ROWS].float().reshape(-1, k // g, g)
+        ratio = (rows / scale[r : r + ENCODE_ROWS].float()[..., None]).clamp(-fmt.max_value, fmt.max_value)
+        out[r : r + ENCODE_ROWS] = pack_4bit(fmt.encode_nearest(ratio).reshape(-1, k))
+    return out
+
+
+class _Packing(threading.local):
+    deferred = False
+
+
+_packing = _Packing()
+
+
+@contextlib.contextmanager
+def packing_deferred() -> Iterator[None]:
+    """Layers built inside skip encoding their weights (zero codes of the right shape, min-max scales): for
+    `load_artifact`, whose stored codes replace them. Anything else must not run such a layer."""
+    previous = _packing.deferred
+    _packing.deferred = True
+    try:
+        yield
+    finally:
+        _packing.deferred = previous
 
 
 class FP4Linear(_QuantMixin, nn.Linear):
@@ -120,9 +158,10 @@ class FP4Linear(_QuantMixin, nn.Linear):
             self.weight_scale, self.weight_tensor_scale = codes8, tensor_scale
         else:
             self.weight_scale = scale.contiguous()
-        values = quantize_groups(w, scale, fmt, self.group_size)
-        codes = get_format(fmt).encode(values.cpu())  # encode() looks codes up in a CPU table
-        self.weight_packed = pack_4bit(codes).to(w.device)
+        if _packing.deferred:  # an artifact's codes are about to replace these: only the shape matters
+            self.weight_packed = torch.zeros(w.shape[0], w.shape[1] // 2, dtype=torch.uint8, device=w.device)
+            return
+        self.weight_packed = encode_groups(w, scale, fmt, self.group_size)
 
     def weight_group_scales(self) -> torch.Tensor:
         """The stored scales as float [N, K/g] (FP8 codes decoded and multiplied by the tensor scale)."""
