@@ -34,3 +34,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_gpu)
         if "tensorrt" in item.keywords and not has_trt:
             item.add_marker(no_trt)
+
+
+@pytest.fixture
+def one_thread():
+    """Small models on a shared 2-core machine: one thread avoids the thread pool's spin-waits (50x slower
+    there). Modules of many tiny-model tests use it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -40,12 +40,7 @@ W4_ASYM = QuantScheme(format="int4", granularity="channel", axis=0, symmetric=Fa
 A8 = QuantScheme(format="int8", symmetric=False, observer="minmax")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def nonzero_b(adapter: LowRankDelta, seed: int = 1) -> None:

@@ -25,13 +25,7 @@ ACT = QuantScheme(format="int8", symmetric=False, observer="minmax")
 W4 = QuantScheme(format="int4", granularity="channel", axis=0, symmetric=False, observer="minmax")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one thread avoids the thread pool's spin-waits (50x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet():

@@ -33,7 +33,7 @@ from trtq.formats import IntFormat
 from trtq.fp4 import FP32_SCALES, dynamic_act_scales, fake_quantize_groups
 from trtq.nn.fp4_linear import FP4Linear
 from trtq.nn.modules import QuantConv2d, QuantLinear
-from trtq.nn.timestep import TimestepTensorQuantizer, use_timestep_table
+from trtq.nn.timestep import TimestepTableConfig
 from trtq.quantizer import expand_scale
 
 
@@ -84,7 +84,7 @@ def make_adapter(weight: torch.Tensor, kind: str, rank: int, groups: int = 1, se
 
 
 # ----------------------------------------------------------------------------------------- "qalora" kind
-class _QALoRAMixin:
+class _QALoRAMixin(TimestepTableConfig):
     """Fake-quantized layer whose deployed weight is stored as codes (see the module docstring)."""
 
     @classmethod
@@ -151,18 +151,6 @@ class _QALoRAMixin:
             self.weight_codes = self.codes_of(w)
         self.adapter = None
 
-    # --------------------------------------------------------------- per-layer config (timestep tables)
-    def artifact_config(self) -> dict:
-        q = self.input_quantizer
-        table = isinstance(q, TimestepTensorQuantizer)
-        return {"timestep_table": table, "on_unknown": q.on_unknown if table else "error"}
-
-    def load_artifact_config(self, config: dict) -> None:
-        unknown = set(config) - {"timestep_table", "on_unknown"}
-        if unknown:
-            raise TrtqError(f"{type(self).__name__} artifact config has unknown keys {sorted(unknown)}")
-        if config.get("timestep_table"):
-            use_timestep_table(self, config.get("on_unknown", "error"))
 
 
 class QALoRAConv2d(_QALoRAMixin, QuantConv2d):

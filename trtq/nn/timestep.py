@@ -236,6 +236,24 @@ def use_timestep_table(layer: nn.Module, on_unknown: str = "error") -> TimestepT
     return table
 
 
+class TimestepTableConfig:
+    """Mixin for a layer kind whose input quantizer may be a timestep table (TFMQ's AdaRound layers,
+    EfficientDM's QALoRA layers): the per-layer artifact config that says so, and rebuilding the table on
+    load. Always both keys (artifact loading checks a layer's config keys and types against a fresh layer's)."""
+
+    def artifact_config(self) -> dict:
+        q = self.input_quantizer
+        table = isinstance(q, TimestepTensorQuantizer)
+        return {"timestep_table": table, "on_unknown": q.on_unknown if table else "error"}
+
+    def load_artifact_config(self, config: dict) -> None:
+        unknown = set(config) - {"timestep_table", "on_unknown"}
+        if unknown:
+            raise TrtqError(f"{type(self).__name__} artifact config has unknown keys {sorted(unknown)}")
+        if config.get("timestep_table"):
+            use_timestep_table(self, config.get("on_unknown", "error"))
+
+
 # ------------------------------------------------------------------ learned steps (TALSQ) and retiming
 def set_steps_learnable(q: TensorQuantizer, learnable: bool) -> nn.Parameter | None:
     """Make a static quantizer's step sizes (`scale`: one value, a per-channel row, or a timestep table) a

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 from trtq.errors import TrtqError
 from trtq.nn.modules import QuantConv2d, QuantLinear
-from trtq.nn.timestep import TimestepTensorQuantizer, use_timestep_table
+from trtq.nn.timestep import TimestepTableConfig
 from trtq.quantizer import expand_scale
 from trtq.formats import IntFormat
 from trtq.tfmq.adaround import rectified_sigmoid
 
 
-class _AdaRoundMixin:
+class _AdaRoundMixin(TimestepTableConfig):
     @classmethod
     def check_args(cls, weight, input, **layer_args) -> None:
         super().check_args(weight, input, **layer_args)
@@ -35,19 +35,6 @@ class _AdaRoundMixin:
         q._buffers["round_up"] = None  # registered (artifacts carry it once learned), empty until then
         q.soft_rounding = None
         return q
-
-    def artifact_config(self) -> dict:
-        # Always both keys (artifact loading checks a layer's config keys and types against a fresh layer's).
-        q = self.input_quantizer
-        table = isinstance(q, TimestepTensorQuantizer)
-        return {"timestep_table": table, "on_unknown": q.on_unknown if table else "error"}
-
-    def load_artifact_config(self, config: dict) -> None:
-        unknown = set(config) - {"timestep_table", "on_unknown"}
-        if unknown:
-            raise TrtqError(f"{type(self).__name__} artifact config has unknown keys {sorted(unknown)}")
-        if config.get("timestep_table"):
-            use_timestep_table(self, config.get("on_unknown", "error"))
 
     def weight_grid(self, offset: torch.Tensor) -> torch.Tensor:
         """s * (clamp(floor(w / s) + offset + z) - z): the weight on the quantization grid, rounded by offset."""
