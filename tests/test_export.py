@@ -93,7 +93,10 @@ def _quantized(model_name: str, recipe: str):
 
 
 def _run(sess, sig, x: dict, dtype=np.float32) -> np.ndarray:
-    feed = {k: (v.numpy().astype(dtype) if v.is_floating_point() else v.numpy()) for k, v in x.items()}
+    """Float inputs in `dtype`, except those the graph declares float32 (the timestep, at every dtype)."""
+    fp32 = {i.name for i in sess.get_inputs() if i.type == "tensor(float)"}
+    feed = {k: (v.numpy().astype(np.float32 if k in fp32 else dtype) if v.is_floating_point() else v.numpy())
+            for k, v in x.items()}
     return sess.run(None, feed)[0].astype(np.float32)
 
 
@@ -207,6 +210,68 @@ def test_float16_export(model_name, recipe, tmp_path):
     with torch.no_grad():  # quantized vs float on the inputs net.trtq_float_out was taken on
         quant = DenoiserWrapper(net, sig)(*sig.example_inputs(2, res, res, seed=3).values()).numpy()
     assert _rel(got, ref) < max(0.15, 1.5 * _rel(quant, net.trtq_float_out))
+
+
+def _structure(proto: onnx.ModelProto, float_type: int) -> list:
+    """Nodes (op, domain, attributes) with `float_type` written as "F" wherever a type is named."""
+    def attr(a):
+        v = onnx.helper.get_attribute_value(a)
+        if a.name == "to" and v == float_type:
+            return "F"
+        return v if isinstance(v, (int, float, bytes, list)) else a.type
+    # Identity nodes left out: the exporter shares equal initializers through them, and more values are equal
+    # once rounded to bfloat16 than to float16.
+    return [(n.op_type, n.domain, sorted((a.name, str(attr(a))) for a in n.attribute)) for n in proto.graph.node
+            if n.op_type != "Identity"]
+
+
+@pytest.mark.parametrize("model_name,recipe", [("sd15", "w8a8-winograd-f43"), ("dit", "w4a4-nvfp4")])
+def test_bfloat16_export_is_the_float16_graph_in_bfloat16(model_name, recipe, tmp_path):
+    """ONNX Runtime has no CPU kernels for bfloat16 Conv/Expand/QuantizeLinear, so the bfloat16 graph is proven
+    against the float16 one, which ORT runs (test_float16_export): checker and strict shape inference at opset
+    22, and the same nodes with the same attributes, only the float type changed."""
+    net, sig, res = _quantized(model_name, recipe)
+    x = sig.example_inputs(2, res, res, seed=2)
+    bf = _check_graph(export_onnx(net, tmp_path / "bf16", x, dtype="bfloat16") / "model.onnx")
+    fp = _check_graph(export_onnx(net, tmp_path / "fp16", x, dtype="float16") / "model.onnx")
+    assert {o.domain: o.version for o in bf.opset_import}[""] == 22
+    assert bf.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+    assert _structure(bf, onnx.TensorProto.BFLOAT16) == _structure(fp, onnx.TensorProto.FLOAT16)
+    # DiT's unpatchify permutation is a Transpose (the in-graph position table's float32 outer product stays)
+    assert not any(n.op_type == "Einsum" and len(n.input) == 1 for n in bf.graph.node)
+    types = {i.data_type for i in bf.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 not in types and onnx.TensorProto.BFLOAT16 in types
+    manifest = json.loads((tmp_path / "bf16" / "manifest.json").read_text())
+    assert manifest["onnx"]["opset"] == 22 and manifest["onnx"]["dtype"] == "bfloat16"
+
+
+def test_reference_io_checks_with_polygraphy(tmp_path):
+    """--reference-io: Polygraphy's own ORT runner, fed the saved inputs, matches the saved PyTorch output
+    (a Winograd graph, run through its local functions); with the reference perturbed, the same command fails."""
+    import subprocess
+
+    pytest.importorskip("polygraphy")
+    net, sig, res = _quantized("sd15", "w8a8-winograd-f43")
+    out = export_onnx(net, tmp_path / "onnx", sig.example_inputs(2, res, res, seed=2), dtype="float32",
+                      reference_io=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    cmd = manifest["reference_io"]["check"].split()
+    # The whole-model bound of test_export_runs_in_onnxruntime_like_pytorch, as Polygraphy's relative error
+    # over the output's L2 norm is not offered: an elementwise bound on this model's small-magnitude outputs.
+    tol = ["--atol", "0.05", "--rtol", "0.05", "--check-error-stat", "median"]
+    polygraphy = str(Path(sys.executable).parent / "polygraphy")
+    ok = subprocess.run([polygraphy] + cmd[1:] + tol, cwd=out, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert "PASSED" in ok.stdout + ok.stderr
+
+    from polygraphy.comparator import RunResults
+
+    results = RunResults.load(str(out / "io" / "outputs.json"))
+    arr = results[0][1][0]["out_sample"]
+    results[0][1][0]["out_sample"] = arr + 1.0
+    results.save(str(out / "io" / "outputs.json"))
+    bad = subprocess.run([polygraphy] + cmd[1:] + tol, cwd=out, capture_output=True, text=True)
+    assert bad.returncode != 0 and "FAILED" in bad.stdout + bad.stderr
 
 
 def test_plugin_node_without_its_function_fails_in_onnxruntime(tmp_path):

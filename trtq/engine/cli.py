@@ -53,8 +53,8 @@ def add_build_parser(subparsers) -> None:
 def _export_args(args, out: Path) -> argparse.Namespace:
     return argparse.Namespace(model=args.model, recipe=args.recipe, artifact=args.artifact, out=str(out),
                               batch=args.batch or "1:2:4", resolution=args.resolution, dtype=args.dtype,
-                              static=False, calib_samples=args.calib_samples, summary=False, prompts=args.prompts,
-                              labels=args.labels, device=args.device, steps=args.steps)
+                              static=False, calib_samples=args.calib_samples, summary=False, reference_io=False,
+                              prompts=args.prompts, labels=args.labels, device=args.device, steps=args.steps)
 
 
 def cmd_build(args) -> None:

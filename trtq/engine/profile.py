@@ -71,7 +71,8 @@ def resolve_profile(inputs: Sequence[Mapping[str, Any]], exported: Mapping[str, 
             if lo != hi or (fixed is not None and lo != fixed):
                 raise TrtqError(f"this export has a fixed {what}{f' ({fixed})' if fixed else ''}, so --{what} "
                                 f"{lo}:{ranges[axis][1]}:{hi} cannot apply; re-export with that --{what} "
-                                "(DiT/PixArt graphs hold one resolution; --static exports hold one of each)")
+                                "(--static exports hold one of each; DiT/PixArt configurations the exporter "
+                                "cannot make resolution-dynamic hold one resolution)")
     profile: ShapeProfile = {}
     for spec in inputs:
         name, symbols = spec["name"], tuple(spec["shape"])

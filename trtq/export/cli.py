@@ -57,6 +57,9 @@ def add_export_parser(subparsers) -> None:
     s.add_argument("--static", action="store_true", help="fixed shapes (the opt profile) instead of dynamic axes")
     s.add_argument("--calib-samples", type=int, default=20, help="calibration trajectories with --recipe")
     s.add_argument("--summary", action="store_true", help="print the graph summary after exporting")
+    s.add_argument("--reference-io", action="store_true",
+                   help="also write io/inputs.json and io/outputs.json (the PyTorch quantized model's output) for "
+                        "`polygraphy run model.onnx --onnxrt|--trt --load-inputs ... --load-outputs ...`")
     add_folder_args(s, steps=True)
     s.set_defaults(func=cmd_export)
 
@@ -67,6 +70,13 @@ def cmd_export(args) -> None:
 
     out = Path(args.out)
     check_out_dir(out)
+    if args.reference_io:
+        from trtq.export.reference_io import polygraphy_missing
+
+        if polygraphy_missing():
+            raise TrtqError(f"--reference-io: {polygraphy_missing()}")
+        if args.dtype == "bfloat16":
+            raise TrtqError("--reference-io needs float16 or float32 inputs (NumPy has no bfloat16)")
     batch = parse_range(args.batch, "batch")
     resolution = None if args.resolution is None else parse_range(args.resolution, "resolution")
     spec = QuantSpec(recipe=args.recipe, artifact=args.artifact)
@@ -92,7 +102,7 @@ def cmd_export(args) -> None:
     cfg = SamplingConfig(calib_samples=args.calib_samples, progress=False)
     denoiser = quantized_denoiser(model, spec, cfg)
     export_onnx(denoiser, out, dynamic=not args.static, dtype=args.dtype, batch=batch, resolution=resolution,
-                model_name=model.name, artifact=args.artifact)
+                model_name=model.name, artifact=args.artifact, reference_io=args.reference_io)
     print(f"wrote {out / 'model.onnx'} and {out / 'manifest.json'} ({spec.label} on {model.name}, {args.dtype})")
     if args.summary:
         print(format_summary(summarize(out)))
@@ -117,7 +127,7 @@ def _export_folder(args, spec, out: Path, batch, resolution) -> None:
     opt = resolution[1] if resolution else size
     export_onnx(denoiser, out, signature.example_inputs(batch[1], opt, opt), dynamic=not args.static,
                 dtype=args.dtype, batch=batch, resolution=resolution, model_name=model_name(args.model),
-                artifact=args.artifact)
+                artifact=args.artifact, reference_io=args.reference_io)
     print(f"wrote {out / 'model.onnx'} and {out / 'manifest.json'} ({spec.label} on {model_name(args.model)}, "
           f"{args.dtype})")
     if args.summary:

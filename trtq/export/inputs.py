@@ -26,6 +26,7 @@ class DenoiserSignature:
     text_tokens: int = 4
     text_embeds_dim: int | None = None  # SDXL pooled text embedding width
     time_ids: int = 6
+    patch_grid_dynamic: bool = False  # a DiT/PixArt whose patch grid the export computes from the input size
 
     def input_names(self) -> list[str]:
         names = ["sample", "timestep"]
@@ -54,8 +55,9 @@ class DenoiserSignature:
     @property
     def resolution_dynamic(self) -> bool:
         """UNets are fully convolutional in H, W. diffusers' DiT/PixArt compute their sin-cos position table
-        and unpatchify sizes in Python from the traced size, so a traced graph holds one resolution."""
-        return self.kind in ("unet", "unet-sdxl")
+        and unpatchify sizes in Python; the exporter swaps in forms that compute them in the graph
+        (`trtq.export.dynamic`) for the configurations it knows (`patch_grid_dynamic`)."""
+        return self.kind in ("unet", "unet-sdxl") or self.patch_grid_dynamic
 
     def dynamic_axes(self, resolution: bool) -> dict[str, dict[int, str]]:
         axes = {name: {0: BATCH} for name in self.input_names()}
@@ -79,10 +81,13 @@ def signature_of(denoiser: nn.Module) -> DenoiserSignature:
             raise TrtqError(f"UNet2DConditionModel with addition_embed_type={cfg.addition_embed_type!r}, "
                             f"class_embed_type={cfg.class_embed_type!r}: no export signature for it yet")
         return DenoiserSignature("unet", cfg.in_channels, cross)
-    if cls == "DiTTransformer2DModel":
-        return DenoiserSignature("dit", cfg.in_channels)
-    if cls == "PixArtTransformer2DModel":
-        return DenoiserSignature("pixart", cfg.in_channels, cfg.caption_channels)
+    if cls in ("DiTTransformer2DModel", "PixArtTransformer2DModel"):
+        from trtq.export.dynamic import supports_dynamic_resolution
+
+        grid = supports_dynamic_resolution(denoiser)
+        if cls == "DiTTransformer2DModel":
+            return DenoiserSignature("dit", cfg.in_channels, patch_grid_dynamic=grid)
+        return DenoiserSignature("pixart", cfg.in_channels, cfg.caption_channels, patch_grid_dynamic=grid)
     raise TrtqError(f"no export signature for denoiser class {cls}; supported: UNet2DConditionModel, "
                     "DiTTransformer2DModel, PixArtTransformer2DModel")
 

@@ -16,10 +16,11 @@ from torch import nn
 
 from trtq.errors import TrtqError
 from trtq.export import twins
-from trtq.formats import get_format, unpack_4bit
+from trtq.formats import IntFormat
 from trtq.nn import QuantConv2d, QuantLinear, TensorQuantizer, is_quantized
 from trtq.nn.fp4_linear import FP4Linear
-from trtq.quantizer import quantize_tensor
+from trtq.nn.timestep import TimestepTensorQuantizer, router_of
+from trtq.quantizer import expand_scale, quantize_tensor
 from trtq.scheme import QuantScheme
 from trtq.winograd.layer import WinogradQuantConv2d
 
@@ -46,19 +47,38 @@ def lower(model: nn.Module) -> nn.Module:
     leftover = [n for n, m in lowered.named_modules() if isinstance(m, TensorQuantizer) or is_quantized(m)]
     if leftover:
         raise TrtqError(f"layer {leftover[0]}: a quantizer outside a quantized layer cannot be exported")
+    tables = [m for m in lowered.modules() if isinstance(m, twins.TimestepActQuant)]
+    if tables:  # the copy's own router hands each call's timestep to the table twins, as in the model
+        router = router_of(lowered)
+        for t in tables:
+            t.router = router
     return lowered
 
 
-def lower_layer(layer: nn.Module) -> nn.Module:
+def _q_dq_kinds() -> tuple[type, ...]:
+    """Layer classes whose deployed form is Q/DQ around the float op (exact classes: a subclass may change
+    the math and is refused until it is listed here)."""
+    from trtq.efficientdm.qalora import QALoRAConv2d, QALoRALinear
     from trtq.methods.smoothquant import SmoothQuantLinear
+    from trtq.tfmq.layers import AdaRoundConv2d, AdaRoundLinear
 
+    return (QuantConv2d, QuantLinear, SmoothQuantLinear, AdaRoundConv2d, AdaRoundLinear, QALoRAConv2d,
+            QALoRALinear)
+
+
+def lower_layer(layer: nn.Module) -> nn.Module:
     if isinstance(layer, WinogradQuantConv2d):
         return _lower_winograd(layer)
     if isinstance(layer, FP4Linear):
         return _lower_fp4(layer)
-    if type(layer) in (QuantConv2d, QuantLinear, SmoothQuantLinear):
+    if type(layer) in _q_dq_kinds():
         return _lower_fake(layer)
     raise TrtqError(f"{type(layer).__name__} is a quantized layer kind the ONNX exporter cannot express")
+
+
+def _no_table(q: TensorQuantizer | None, kind: str) -> None:
+    if isinstance(q, TimestepTensorQuantizer):
+        raise TrtqError(f"per-timestep input scales on a {kind} layer have no export form (Q/DQ layers only)")
 
 
 def _ready(q: TensorQuantizer | None, role: str) -> None:
@@ -70,6 +90,7 @@ def _ready(q: TensorQuantizer | None, role: str) -> None:
 # --------------------------------------------------------------------------------------- plugin layers
 def _lower_winograd(layer: WinogradQuantConv2d) -> nn.Module:
     _ready(layer.input_quantizer, "input")
+    _no_table(layer.input_quantizer, "Winograd")
     codes, w_scale = layer.int8_weight()
     at, _, bt = layer.transforms()
     return twins.WinogradConvInt8(codes, w_scale, layer.bias, at, bt, layer.static_act_scale(), layer.tile,
@@ -81,6 +102,7 @@ def _lower_fp4(layer: FP4Linear) -> nn.Module:
         raise TrtqError("FP4 layer is in float_forward mode (a calibration capture was left on)")
     iq = layer.input_quantizer
     _ready(iq, "input")
+    _no_table(iq, "FP4")
     act_scale = None
     if iq is not None and not iq.scheme.dynamic:
         groups = layer.in_features // layer.group_size
@@ -99,7 +121,7 @@ def _lower_fake(layer: QuantConv2d | QuantLinear) -> nn.Module:
     _ready(wq, "weight")
     _ready(iq, "input")
     smooth = getattr(layer, "smooth_scale", None)
-    w = layer.weight if smooth is None else layer.smoothed_weight()
+    w = _deployed_weight(layer)
     weight = twins.FloatWeight(w) if wq is None else _weight_dq(w, wq)
     act = None if iq is None else _act_quant(iq)
     if isinstance(layer, QuantConv2d):
@@ -107,6 +129,23 @@ def _lower_fake(layer: QuantConv2d | QuantLinear) -> nn.Module:
             raise TrtqError(f"padding_mode {layer.padding_mode!r} has no ONNX Conv equivalent")
         return twins.QDQConv2d(layer, weight, act, layer.bias)
     return twins.QDQLinear(weight, act, layer.bias, input_divisor=smooth)
+
+
+def _deployed_weight(layer: QuantConv2d | QuantLinear) -> torch.Tensor:
+    """The float weight whose quantization the layer deploys: W diag(s) for SmoothQuant; for AdaRound and
+    QALoRA layers, their weight on the grid (learned rounding; codes of W0 + B·A), which re-quantizes to
+    exactly its own codes."""
+    if getattr(layer, "smooth_scale", None) is not None:
+        return layer.smoothed_weight()
+    if getattr(layer, "soft_rounding", None) is not None:
+        raise TrtqError("its AdaRound rounding is still soft (reconstruction did not finish); export needs the "
+                        "hard rounding a finished TFMQ quantization stores")
+    if getattr(layer, "adapter", None) is not None:
+        raise TrtqError("its QALoRA update is not merged; EfficientDM merges it when training ends (layer.merge())")
+    if hasattr(layer, "weight_codes") or getattr(layer, "round_up", None) is not None:
+        with torch.no_grad():
+            return layer.quantized_weight().detach()
+    return layer.weight
 
 
 def _code_type(scheme: QuantScheme, role: str) -> str:
@@ -124,15 +163,30 @@ def _weight_dq(weight: torch.Tensor, wq: TensorQuantizer) -> nn.Module:
     s = wq.scheme
     if s.dynamic:
         raise TrtqError("dynamic weight scales cannot be stored")
-    fmt = _code_type(s, "weight")
     w = weight.detach().float()
+    scale = wq.scale.detach().float()
+    zp = None if wq.zero_point is None else wq.zero_point.detach()
+    if isinstance(s.fmt, IntFormat):
+        # The integer codes fake_quantize rounds to, unpacked (4-bit packing needs an even last dimension,
+        # which a 1x1 conv's weight does not have, and ONNX wants one value per element anyway).
+        v = w / expand_scale(scale, w, s)
+        codes = s.fmt.round(v) if zp is None else s.fmt.round(v + expand_scale(zp, w, s), unsigned_range=True)
+        if s.format == "int4" and zp is not None:
+            # Asymmetric INT4 (TFMQ, EfficientDM recipes): the signed differences code - zero_point lie in
+            # [-15, 15], exact INT8 symmetric codes with the same scales. TensorRT builds symmetric INT8
+            # weights (it has no zero points); the file holds one byte per weight instead of a half.
+            codes = codes - expand_scale(zp, w, s).round()
+            return _weight_node(codes.to(torch.int8), scale, None, s, w, "int8")
+        fmt = _code_type(s, "weight")
+        codes = codes.to(torch.int8) if zp is None else codes.to(torch.uint8)
+        return _weight_node(codes, scale, zp, s, w, fmt)
+    fmt = _code_type(s, "weight")
     qt = quantize_tensor(w, wq.scale, wq.zero_point, s)
-    codes = qt.codes
-    if fmt == "int4":  # packed two's-complement nibbles -> int8 values in [-8, 7], retyped to INT4 in ONNX
-        codes = get_format("int4").decode(unpack_4bit(codes)).reshape(w.shape).to(torch.int8)
-    codes = codes.reshape(w.shape)
-    scale = qt.scale.float()
-    zp = None if qt.zero_point is None else qt.zero_point
+    return _weight_node(qt.codes.reshape(w.shape), qt.scale.float(), qt.zero_point, s, w, fmt)
+
+
+def _weight_node(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, s: QuantScheme,
+                 w: torch.Tensor, fmt: str) -> nn.Module:
     axis, block = 0, 0
     if s.granularity == "channel":
         axis = s.axis % w.dim()
@@ -149,6 +203,11 @@ def _weight_dq(weight: torch.Tensor, wq: TensorQuantizer) -> nn.Module:
 
 def _act_quant(iq: TensorQuantizer) -> nn.Module:
     s = iq.scheme
+    if isinstance(iq, TimestepTensorQuantizer):
+        if s.format != "int8":
+            raise TrtqError(f"input scheme {s.describe()}: per-timestep scales export as INT8 Q/DQ only")
+        zp = iq.zero_point
+        return twins.TimestepActQuant(iq.timesteps, iq.scale, zp, *((0, 255) if zp is not None else (-128, 127)))
     if s.dynamic:
         if s.granularity not in ("group", "token", "tensor") or not s.symmetric or s.format not in _DYNAMIC_FORMATS:
             raise TrtqError(f"input scheme {s.describe()}: dynamic activations are exported as "

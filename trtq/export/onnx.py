@@ -41,6 +41,9 @@ from trtq.export.inputs import DenoiserSignature, DenoiserWrapper, signature_of
 from trtq.export.lower import lower
 
 OPSET = 21  # blocked DequantizeLinear and the INT4 element type
+# Opset 22 adds bfloat16 to Conv, InstanceNormalization and the other ops that lacked it, with no change of
+# semantics: a bfloat16 graph is traced at OPSET and its default-domain import raised to this.
+BF16_OPSET = 22
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA = "model.onnx.data"
@@ -53,27 +56,32 @@ FORMAT_VERSION = 1
 def export_onnx(model: nn.Module, out_dir: str | Path, example_inputs: dict[str, torch.Tensor] | None = None,
                 dynamic: bool = True, dtype: str = "float16", *, batch: tuple[int, int, int] = (1, 2, 4),
                 resolution: tuple[int, int, int] | None = None, model_name: str | None = None,
-                artifact: str | Path | None = None,
+                artifact: str | Path | None = None, reference_io: bool = False,
                 external_data_bytes: int = EXTERNAL_DATA_BYTES) -> Path:
     """Export a quantized diffusers denoiser to `out_dir/model.onnx` + `out_dir/manifest.json`.
 
     example_inputs: tensors by input name in the order of the denoiser's signature (see `signature_of`);
     default: the opt batch at the opt resolution. dynamic: batch and resolution axes are symbolic (ranges in
     the manifest's profiles). resolution: (min, opt, max) latent height = width; default: the model's
-    sample_size for all three. Returns out_dir.
+    sample_size for all three. reference_io: also write io/inputs.json + io/outputs.json (the example inputs and
+    the PyTorch quantized model's output, in Polygraphy's formats; see `trtq.export.reference_io`).
+    Returns out_dir.
     """
     out = Path(out_dir)
     check_out_dir(out)
     if dtype not in DTYPES:
         raise TrtqError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if reference_io and dtype == "bfloat16":
+        raise TrtqError("reference_io needs float16 or float32 inputs (NumPy has no bfloat16)")
     _check_range("batch", batch)
     sig = signature_of(model)
     size = int(getattr(model.config, "sample_size", 32) or 32)
     resolution = resolution or (size, size, size)
     _check_range("resolution", resolution)
     if not sig.resolution_dynamic and dynamic and resolution[0] != resolution[2]:
-        raise TrtqError(f"{type(model).__name__} exports at one resolution (its position table is computed "
-                        f"in Python for the traced size); give --resolution R:R:R, got {tuple(resolution)}")
+        raise TrtqError(f"this {type(model).__name__} configuration exports at one resolution (its position "
+                        f"table is computed in Python for the traced size); give --resolution R:R:R, got "
+                        f"{tuple(resolution)}")
     if example_inputs is None:
         example_inputs = sig.example_inputs(batch[1], resolution[1], resolution[1])
     names = sig.input_names()
@@ -82,9 +90,16 @@ def export_onnx(model: nn.Module, out_dir: str | Path, example_inputs: dict[str,
 
     t0 = time.perf_counter()
     lowered = lower(model)
+    if dynamic and sig.patch_grid_dynamic:
+        from trtq.export.dynamic import make_resolution_dynamic
+
+        make_resolution_dynamic(lowered)
     cast_float(lowered, DTYPES[dtype])
     wrapper = DenoiserWrapper(lowered, sig).eval()
-    args = tuple(t.to(DTYPES[dtype]) if t.is_floating_point() else t for t in example_inputs.values())
+    # The timestep stays float32 at every dtype: bfloat16 holds integers exactly only up to 256 (999 would be
+    # 1000), and diffusers computes the sinusoidal timestep embedding in float32 and casts it to the model dtype.
+    args = tuple(t.to(DTYPES[dtype]) if t.is_floating_point() and name != "timestep" else t
+                 for name, t in example_inputs.items())
     with tempfile.TemporaryDirectory(prefix=".trtq-export-") as tmp:
         calls = _record_plugin_calls(wrapper)
         path = Path(tmp) / MODEL_FILE
@@ -96,9 +111,24 @@ def export_onnx(model: nn.Module, out_dir: str | Path, example_inputs: dict[str,
             h.remove()
         proto = onnx.load(str(path))
     finalize(proto, calls, DTYPES[dtype])
+    if dtype == "bfloat16":
+        raise_opset(proto, BF16_OPSET)
     seconds = time.perf_counter() - t0
     manifest = build_manifest(proto, model, sig, dtype, dynamic, batch, resolution, model_name, artifact, seconds)
-    write_export(out, proto, manifest, external_data_bytes)
+    extra = None
+    if reference_io:
+        from trtq.export.reference_io import IO_DIR, polygraphy_missing, write_reference_io
+
+        missing = polygraphy_missing()
+        if missing:
+            raise TrtqError(f"reference I/O needs Polygraphy's JSON formats: {missing}")
+        dtypes = {i["name"]: i["dtype"] for i in manifest["inputs"]}
+        manifest["reference_io"] = {
+            "inputs": f"{IO_DIR}/inputs.json", "outputs": f"{IO_DIR}/outputs.json",
+            "check": f"polygraphy run {MODEL_FILE} --onnxrt --graph-optimization-level ORT_ENABLE_BASIC "
+                     f"--load-inputs {IO_DIR}/inputs.json --load-outputs {IO_DIR}/outputs.json"}
+        extra = lambda d: write_reference_io(model, sig, example_inputs, dtypes, d)  # noqa: E731
+    write_export(out, proto, manifest, external_data_bytes, extra)
     return out
 
 
@@ -257,6 +287,36 @@ def finalize(proto: onnx.ModelProto, calls: dict, dtype: torch.dtype) -> None:
     proto.ir_version = max(proto.ir_version, 10)  # function overloads
     proto.producer_name = "trtq"
     _fold_squeeze_ifs(proto)
+    _permuting_einsums_to_transposes(proto)
+
+
+def _permuting_einsums_to_transposes(proto: onnx.ModelProto) -> None:
+    """diffusers' DiT/PixArt unpatchify is `torch.einsum("nhwpqc->nchpwq", x)`, a pure permutation. ONNX's
+    Einsum has no bfloat16 type at any opset (and TensorRT runs a Transpose better): a one-input Einsum whose
+    output letters are its input letters reordered becomes that Transpose."""
+    for node in proto.graph.node:
+        if node.op_type != "Einsum" or node.domain or len(node.input) != 1:
+            continue
+        eq = helper.get_attribute_value(node.attribute[0]).decode().replace(" ", "")
+        lhs, _, rhs = eq.partition("->")
+        if "." in eq or len(set(lhs)) != len(lhs) or sorted(lhs) != sorted(rhs):
+            continue
+        del node.attribute[:]
+        node.op_type = "Transpose"
+        node.attribute.append(helper.make_attribute("perm", [lhs.index(c) for c in rhs]))
+
+
+def opset_of(proto: onnx.ModelProto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def raise_opset(proto: onnx.ModelProto, version: int) -> None:
+    """The default-domain opset of the graph and of every local function, raised to `version` (only for
+    opsets that add types without changing any op's semantics: 21 -> 22)."""
+    for imports in [proto.opset_import] + [f.opset_import for f in proto.functions]:
+        for o in imports:
+            if o.domain in ("", "ai.onnx"):
+                o.version = max(o.version, version)
 
 
 def _fold_squeeze_ifs(proto: onnx.ModelProto) -> None:
@@ -329,7 +389,7 @@ def build_manifest(proto, model, sig: DenoiserSignature, dtype, dynamic, batch, 
                   "signature": sig.kind},
         "recipe": None if recipe is None else recipe.to_dict(),
         "artifact": None if artifact is None else str(artifact),
-        "onnx": {"file": MODEL_FILE, "opset": OPSET, "ir_version": proto.ir_version, "dtype": dtype,
+        "onnx": {"file": MODEL_FILE, "opset": opset_of(proto), "ir_version": proto.ir_version, "dtype": dtype,
                  "strongly_typed": True, "dynamic": dynamic},
         "inputs": inputs,
         "outputs": [_value_spec(v) for v in proto.graph.output],
@@ -337,13 +397,29 @@ def build_manifest(proto, model, sig: DenoiserSignature, dtype, dynamic, batch, 
         "plugins": [{"name": name, "namespace": twins.PLUGIN_DOMAIN, "version": twins.PLUGIN_VERSION,
                      "nodes": count, "aot_nodes": aot[name], "attributes": list(twins.PLUGINS[name][1]),
                      "local_function": True} for name, count in sorted(plugins.items())],
+        "timestep_tables": timestep_tables(model),
         "export_seconds": round(seconds, 3),
         "versions": {"trtq": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
     }
 
 
-def write_export(out: Path, proto: onnx.ModelProto, manifest: dict, external_data_bytes: int) -> None:
-    """model.onnx (+ external data over the limit) and manifest.json into a temp sibling, renamed into place."""
+def timestep_tables(model: nn.Module) -> dict | None:
+    """The calibrated timesteps a graph with per-timestep scale tables serves exactly (those every table
+    has), for runtimes to check what they feed: in the graph an uncalibrated step takes the nearest row."""
+    from trtq.nn.timestep import table_quantizers
+
+    tables = [q for _, q in table_quantizers(model)]
+    if not tables:
+        return None
+    common = set(tables[0].timesteps.tolist()).intersection(*(q.timesteps.tolist() for q in tables[1:]))
+    strict = any(q.on_unknown == "error" for q in tables)
+    return {"timesteps": sorted(common), "layers": len(tables), "on_unknown": "error" if strict else "nearest"}
+
+
+def write_export(out: Path, proto: onnx.ModelProto, manifest: dict, external_data_bytes: int,
+                 extra=None) -> None:
+    """model.onnx (+ external data over the limit), manifest.json and whatever `extra(dir)` writes, into a
+    temp sibling renamed into place."""
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -354,6 +430,8 @@ def write_export(out: Path, proto: onnx.ModelProto, manifest: dict, external_dat
         manifest["onnx"]["external_data"] = EXTERNAL_DATA if external else None
         onnx.save_model(proto, str(tmp / MODEL_FILE), save_as_external_data=external,
                         all_tensors_to_one_file=True, location=EXTERNAL_DATA, size_threshold=1024)
+        if extra is not None:
+            extra(tmp)
         mtmp = tmp / f".{MANIFEST}.tmp"
         mtmp.write_text(json.dumps(manifest, indent=2) + "\n")
         mtmp.replace(tmp / MANIFEST)

@@ -5,7 +5,8 @@ the quantized model it came from); its `torch.autograd.Function.symbolic` says w
 ONNX exporter emits for it:
 
     QDQConv2d / QDQLinear   [QuantizeLinear -> DequantizeLinear] on the input (static per-tensor/per-channel),
-                            or one trtq::DynamicGroupQDQ node (dynamic per-group scales);
+                            or one trtq::DynamicGroupQDQ node (dynamic per-group scales),
+                            or a per-timestep scale (TimestepActQuant: Gather on the step, unit-scale Q/DQ);
                             weight = INT8/INT4/FP8 initializer -> DequantizeLinear (per-channel or blocked);
                             then the float Conv / MatMul (+ bias).
     WinogradConvInt8        one trtq::WinogradConvInt8 node (plugin), packed weights/scales as initializers.
@@ -267,6 +268,68 @@ class ActQuant(nn.Module):
         return _QDQFn.apply(x, self.scale.to(x.dtype), self.zero_point, self.axis, self.qmin, self.qmax, self.fmt)
 
 
+class TimestepActQuant(nn.Module):
+    """Static per-tensor input quantization with one scale (and zero point) per calibrated timestep
+    (`trtq.nn.timestep.TimestepTensorQuantizer`), in the form TensorRT can build as a plain INT8 layer:
+
+        row = ArgMin_k |t - timesteps[k]|,  s = Gather(scale, row),  z = Gather(zero_point, row)   (per sample)
+        q   = DequantizeLinear(QuantizeLinear(x / s + z, 1, 0), 1, 0) - z                          (the codes)
+        y   = op(q, W) * s + bias                                     (by the layer twin; op is linear in q)
+
+    A Q/DQ pair with a scale computed in the graph is not a build-time constant, which TensorRT's INT8 Q/DQ
+    fusion needs; here the Q/DQ scale is the constant 1 and the step's scale is two pointwise ops around the
+    layer. round(x/s + z) = round(x/s) + z for an integer z, so the codes are `fake_quantize`'s exactly (FP32).
+    The row is the nearest calibrated timestep: a graph cannot raise, so the runtime checks the timesteps it
+    feeds against the manifest's `timestep_tables` (an uncalibrated step is refused there, as in PyTorch).
+    """
+
+    def __init__(self, timesteps, scale, zero_point, qmin: int, qmax: int):
+        super().__init__()
+        self.register_buffer("timesteps", timesteps.detach().float().reshape(-1).contiguous())
+        self.register_buffer("scale", scale.detach().float().reshape(-1).contiguous())
+        self.register_buffer("zero_point", None if zero_point is None else
+                             zero_point.detach().float().reshape(-1).contiguous())
+        self.qmin, self.qmax = qmin, qmax
+        self.router = None  # the lowered denoiser's TimestepRouter (set by `trtq.export.lower`)
+
+    def codes(self, x):
+        """(q, s): the input's codes as float (zero point removed) and the per-sample scale, shaped to
+        broadcast over x (and over the layer's output, which has x's rank)."""
+        t = None if self.router is None else self.router.timestep
+        if t is None:
+            raise RuntimeError("TimestepActQuant called outside a denoiser call (no timestep bound)")
+        t = t.reshape(-1).to(torch.float32).expand(x.shape[0])
+        row = (t.reshape(-1, 1) - self.timesteps.to(torch.float32).reshape(1, -1)).abs().argmin(1)
+        shape = [-1] + [1] * (x.dim() - 1)
+        s = self.scale.index_select(0, row).reshape(shape).to(x.dtype)
+        one = torch.ones((), dtype=x.dtype)
+        if self.zero_point is None:
+            q = _QDQFn.apply(x / s, one, torch.zeros((), dtype=torch.int8), 0, self.qmin, self.qmax, "int8")
+            return q, s
+        z = self.zero_point.index_select(0, row).reshape(shape).to(x.dtype)
+        q = _QDQFn.apply(x / s + z, one, torch.zeros((), dtype=torch.uint8), 0, self.qmin, self.qmax, "int8")
+        return q - z, s
+
+
+def _apply_input(act, x):
+    """The layer input after its quantizer, and the per-sample scale to multiply the op's output by (or None)."""
+    if act is None:
+        return x, None
+    if isinstance(act, TimestepActQuant):
+        return act.codes(x)
+    return act(x), None
+
+
+def _rescale(y, post, bias):
+    """op(q)·s + bias for a timestep-table input; nothing to do otherwise (the op added its bias)."""
+    if post is None:
+        return y
+    y = y * post
+    if bias is None:
+        return y
+    return y + (bias.reshape(-1, 1, 1) if y.dim() == 4 else bias)  # conv: channels first
+
+
 def _as(t, x):
     """t in x's dtype, with no Cast node where it already is one (a Cast between DequantizeLinear and the
     Conv/MatMul would hide the Q/DQ pattern from TensorRT's fusion)."""
@@ -274,7 +337,7 @@ def _as(t, x):
 
 
 class QDQConv2d(nn.Module):
-    def __init__(self, conv: nn.Conv2d, weight: nn.Module, act: ActQuant | None, bias):
+    def __init__(self, conv: nn.Conv2d, weight: nn.Module, act: ActQuant | TimestepActQuant | None, bias):
         super().__init__()
         self.weight_dq, self.act = weight, act
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
@@ -283,16 +346,17 @@ class QDQConv2d(nn.Module):
             raise ValueError("padding_mode")
 
     def forward(self, x):
-        x = x if self.act is None else self.act(x)
-        w = self.weight_dq()
-        return F.conv2d(x, _as(w, x), _as(self.bias, x), self.stride, self.padding, self.dilation, self.groups)
+        x, post = _apply_input(self.act, x)
+        w, b = self.weight_dq(), _as(self.bias, x)
+        y = F.conv2d(x, _as(w, x), b if post is None else None, self.stride, self.padding, self.dilation, self.groups)
+        return _rescale(y, post, b)
 
 
 class QDQLinear(nn.Module):
     """F.linear(Q/DQ(x / input_divisor), DQ(weight)): input_divisor is SmoothQuant's per-input-channel s (one
     Div node before the activation's Q/DQ; the weight codes are those of W diag(s))."""
 
-    def __init__(self, weight: nn.Module, act: ActQuant | None, bias, input_divisor=None):
+    def __init__(self, weight: nn.Module, act: ActQuant | TimestepActQuant | None, bias, input_divisor=None):
         super().__init__()
         self.weight_dq, self.act = weight, act
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
@@ -301,9 +365,9 @@ class QDQLinear(nn.Module):
     def forward(self, x):
         if self.input_divisor is not None:
             x = x / self.input_divisor.to(x.dtype)
-        x = x if self.act is None else self.act(x)
-        w = self.weight_dq()
-        return F.linear(x, _as(w, x), _as(self.bias, x))
+        x, post = _apply_input(self.act, x)
+        w, b = self.weight_dq(), _as(self.bias, x)
+        return _rescale(F.linear(x, _as(w, x), b if post is None else None), post, b)
 
 
 class FloatWeight(nn.Module):

@@ -205,14 +205,20 @@ def route_timesteps(denoiser: nn.Module) -> TimestepRouter | None:
     tables = [q for _, q in table_quantizers(denoiser)]
     if not tables:
         return None
+    router = router_of(denoiser)
+    for q in tables:
+        q.router = router
+    return router
+
+
+def router_of(denoiser: nn.Module) -> TimestepRouter:
+    """The denoiser's router, installed if it has none (the ONNX export's table twins read it too)."""
     router = getattr(denoiser, "trtq_timestep_router", None)
     if router is None:
         router = TimestepRouter(denoiser)
         router.handles = (denoiser.register_forward_pre_hook(router.before, with_kwargs=True),
                           denoiser.register_forward_hook(router.after, with_kwargs=True))
         denoiser.trtq_timestep_router = router
-    for q in tables:
-        q.router = router
     return router
 
 

@@ -8,12 +8,14 @@
 
 Module runners are called exactly like the denoiser they wrap. Graph runners take the named tensors of the
 export signature (`trtq.export.inputs`): `feed_from_call` turns a pipeline's call into them, refusing
-arguments the graph has no input for, and `check_shapes` holds every call to the graph's profiles.
+arguments the graph has no input for, and `check_feed` holds every call to the graph's profiles (and, for
+graphs with per-timestep scale tables, to the calibrated timesteps).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +179,8 @@ class GraphRunner:
                             "'eager'")
         return feed
 
-    def check_shapes(self, feed: dict[str, torch.Tensor]) -> None:
+    def check_feed(self, feed: dict[str, torch.Tensor]) -> None:
+        self._check_timesteps(feed["timestep"])
         for name, x in feed.items():
             lo, hi = self.profiles[name]
             shape = tuple(x.shape)
@@ -186,6 +189,23 @@ class GraphRunner:
                     len(shape) == len(lo) and shape[0] > hi[0] else ""
                 raise ShapeOutsideProfile(f"{name} of shape {list(shape)} is outside the {self.name} graph's "
                                           f"profile: min {list(lo)}, max {list(hi)}{hint}")
+
+    def _check_timesteps(self, t: torch.Tensor) -> None:
+        """A graph with per-timestep scale tables takes the nearest calibrated row (a graph cannot raise): the
+        strict check the PyTorch model makes happens here, against the manifest's calibrated timesteps."""
+        tables = self.manifest.get("timestep_tables")
+        if not tables:
+            return
+        known = torch.tensor(tables["timesteps"], dtype=torch.float32)
+        values = t.detach().float().cpu().reshape(-1)
+        missing = sorted({float(v) for v in values if not bool((known == v).any())})
+        if not missing:
+            return
+        msg = (f"timestep(s) {', '.join(f'{v:g}' for v in missing)} were not calibrated for this {self.name} "
+               f"graph's per-timestep scales (calibrated: {', '.join(f'{v:g}' for v in tables['timesteps'])})")
+        if tables.get("on_unknown") != "nearest":
+            raise TrtqError(f"{msg}; calibrate with this scheduler and step count, or allow on_unknown='nearest'")
+        warnings.warn(f"trtq: {msg}; using the nearest calibrated step's scales", stacklevel=4)
 
     def run(self, feed: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

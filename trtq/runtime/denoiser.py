@@ -109,7 +109,7 @@ class AcceleratedDenoiser(nn.Module):
         return_dict = call.pop("return_dict", True)
         try:
             feed = runner.feed_from_call(call)
-            runner.check_shapes(feed)
+            runner.check_feed(feed)
         except ShapeOutsideProfile as e:
             if self.fallback is None:
                 raise TrtqError(f"{e} (accelerate(..., fallback='torch') runs such calls on the torch backend)") \
