@@ -153,3 +153,11 @@ def test_released_model_compiles_in_one_graph_and_lowers(dit):
     torch.testing.assert_close(compiled, expected)
     lowered = lower(model)  # the export's lowering reads the packed codes and scales only
     assert torch.equal(_run(lowered, inputs), expected)
+
+
+def test_released_model_exports_onnx_naming_the_float_model(dit, tmp_path):
+    float_model, model, _, _ = dit
+    trtq.release_float_weights(model)
+    trtq.export_onnx(model, tmp_path / "onnx", model_name="tiny-dit")
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["model"]["fingerprint"] == module_fingerprint(float_model)
