@@ -73,8 +73,8 @@ _packing = _Packing()
 
 @contextlib.contextmanager
 def packing_deferred() -> Iterator[None]:
-    """Layers built inside skip encoding their weights (zero codes of the right shape, min-max scales): for
-    `load_artifact`, whose stored codes replace them. Anything else must not run such a layer."""
+    """Layers built inside skip encoding their weights (codes on the meta device: shape and dtype, no memory;
+    min-max scales): for `load_artifact`, whose stored codes replace them. Such a layer cannot run until then."""
     previous = _packing.deferred
     _packing.deferred = True
     try:
@@ -185,7 +185,7 @@ class FP4Linear(_QuantMixin, nn.Linear):
         else:
             self.weight_scale = scale.contiguous()
         if _packing.deferred:  # an artifact's codes are about to replace these: only the shape matters
-            self.weight_packed = torch.zeros(w.shape[0], w.shape[1] // 2, dtype=torch.uint8, device=w.device)
+            self.weight_packed = torch.empty(w.shape[0], w.shape[1] // 2, dtype=torch.uint8, device="meta")
             return
         self.weight_packed = encode_groups(w, scale, fmt, self.group_size)
 
