@@ -60,6 +60,9 @@ def test_release_keeps_forward_bit_identical_and_frees_the_fp4_weights(dit):
     assert trtq.release_float_weights(model) == fp4_bytes > 0
     assert all(m.weight is None and "weight" not in dict(m.named_parameters()) for m in _fp4_layers(model))
     assert torch.equal(_run(model, inputs), before)
+    assert not any(k.endswith(".weight") and isinstance(model.get_submodule(k[:-7]), FP4Linear)
+                   for k in model.state_dict())
+    assert torch.equal(_run(copy.deepcopy(model).to("cpu").float(), inputs), before)  # empty slots are skipped
     # What the model holds (parameters + buffers) is now below the float model's parameters alone.
     float_bytes = _bytes(float_model.parameters())
     assert _bytes(model.parameters()) + _bytes(model.buffers()) < float_bytes

@@ -120,7 +120,8 @@ def calibrate(model: nn.Module, calib_loop: CalibLoop) -> None:
 def quantize(model: nn.Module, recipe: str | Path | Recipe, calib_loop: CalibLoop | None = None) -> nn.Module:
     """Quantize `model` in place with `recipe`, calibrating static activation scales with `calib_loop`.
 
-    Returns the model (now holding fake-quantized layers), for chaining.
+    Returns the model (now holding fake-quantized layers), for chaining. FP4 layers keep the float weights
+    beside their packed codes until `release_float_weights(model)` (before or after `save_artifact`).
     """
     recipe = get_recipe(recipe)
     if recipe.needs_calibration and calib_loop is None:

@@ -260,11 +260,11 @@ class FP4Linear(_QuantMixin, nn.Linear):
         self.weight_format, self.act_clip = fmt, clip
 
     def extra_repr(self) -> str:
-        rot = (", hadamard" if self.hadamard_signs is not None else "") + \
+        notes = (", hadamard" if self.hadamard_signs is not None else "") + \
             (", float weight released" if self.weight is None else "")
         scales = f", {self.scale_format} scales" if self.scale_format else ""
         return (f"{super().extra_repr()}, weight={self.weight_format} g={self.group_size}{scales}, "
-                f"act={self.act_format}{rot}")
+                f"act={self.act_format}{notes}")
 
 
 register_layer_kind("fp4", {"Linear": FP4Linear})
