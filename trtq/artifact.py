@@ -67,9 +67,21 @@ MANIFEST_SCHEMA = Obj(
     desc="an artifact manifest mapping")
 
 
+FLOAT_FINGERPRINT = "trtq_float_fingerprint"  # the attribute `release_float_weights` records it under
+
+
 def module_fingerprint(module: nn.Module) -> str:
     """sha256 over the parameters (names, shapes, dtypes, bytes). Quantizer buffers are not parameters, so a
-    quantized model has the fingerprint of the float model it came from."""
+    quantized model has the fingerprint of the float model it came from. A model whose FP4 float weights were
+    released (`trtq.release_float_weights`) answers with the fingerprint recorded before they went; a part of
+    it, which records none, cannot be fingerprinted."""
+    recorded = getattr(module, FLOAT_FINGERPRINT, None)
+    if recorded is not None:
+        return recorded
+    released = next((n for n, m in module.named_modules() if getattr(m, "float_weight_released", False)), None)
+    if released is not None:
+        raise TrtqError(f"cannot fingerprint this module: the float weights of {released or 'it'} were released and "
+                        "it records no fingerprint of its own (fingerprint the whole model they were released from)")
     h = hashlib.sha256()
     for name, p in sorted(module.named_parameters(), key=lambda kv: kv[0]):
         t = p.detach().cpu().contiguous()
@@ -175,11 +187,17 @@ def check_artifact(path: str | Path, model: nn.Module, model_name: str | None = 
     return manifest
 
 
-def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = None) -> nn.Module:
+def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = None,
+                  keep_float_weights: bool = False) -> nn.Module:
     """Quantize a float `model` in place with the scales of artifact `path`. Refuses a foreign artifact and
-    anything in it that does not fit this model; on refusal the model is left as it was."""
+    anything in it that does not fit this model; on refusal the model is left as it was.
+
+    The result is for inference, so the float weights of its FP4 layers are released once the stored codes
+    are checked against them (`trtq.release_float_weights`; the fingerprint stays on the model): a 4-bit
+    model then holds less than the float one. `keep_float_weights=True` keeps them, for whatever must still
+    read them (re-running HQ-DiT's searches, QALoRA training, comparing with the float layers)."""
     from trtq.nn.fp4_linear import packing_deferred
-    from trtq.quantize import prepare, restore
+    from trtq.quantize import _release_float_weights, prepare, restore
 
     path = Path(path)
     manifest = check_artifact(path, model, model_name)
@@ -213,6 +231,8 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
     except BaseException:
         restore(model, originals)
         raise
+    if not keep_float_weights:
+        _release_float_weights(model, manifest["model"]["fingerprint"])  # checked equal above: no second hash
     return model
 
 

@@ -5,6 +5,11 @@
 2. `calibrate`: static activation quantizers observe while the user's `calib_loop(model)` runs the model on
    data the user chooses (as in modelopt's forward_loop); then their scales are fixed.
 The recipe is recorded on the model (`model.trtq_recipe`) so that an artifact can say what made it.
+
+`release_float_weights(model)` then frees what inference no longer reads: the float weights of the FP4 layers
+(their forward reads only the packed codes and scales), after recording the float model's fingerprint for the
+artifact. `quantize` keeps them: a method, a comparison with the float layers or a second look may still need
+them, and saving needs only the fingerprint, so release before saving or after, as memory demands.
 """
 
 from __future__ import annotations
@@ -69,10 +74,12 @@ def _name_quantizers(model: nn.Module, layer_name: str) -> None:
 
 def restore(model: nn.Module, originals: dict[str, nn.Module]) -> None:
     """Put the float layers returned by `prepare` back (used to leave a model untouched on failure)."""
+    from trtq.artifact import FLOAT_FINGERPRINT
+
     for name, module in originals.items():
         _set_submodule(model, name, module)
-    if "trtq_recipe" in model.__dict__:
-        del model.trtq_recipe
+    for attr in ("trtq_recipe", FLOAT_FINGERPRINT):
+        model.__dict__.pop(attr, None)
 
 
 def calibrate(model: nn.Module, calib_loop: CalibLoop) -> None:
@@ -113,7 +120,8 @@ def calibrate(model: nn.Module, calib_loop: CalibLoop) -> None:
 def quantize(model: nn.Module, recipe: str | Path | Recipe, calib_loop: CalibLoop | None = None) -> nn.Module:
     """Quantize `model` in place with `recipe`, calibrating static activation scales with `calib_loop`.
 
-    Returns the model (now holding fake-quantized layers), for chaining.
+    Returns the model (now holding fake-quantized layers), for chaining. FP4 layers keep the float weights
+    beside their packed codes until `release_float_weights(model)` (before or after `save_artifact`).
     """
     recipe = get_recipe(recipe)
     if recipe.needs_calibration and calib_loop is None:
@@ -128,3 +136,29 @@ def quantize(model: nn.Module, recipe: str | Path | Recipe, calib_loop: CalibLoo
         restore(model, originals)  # nothing half-quantized is left behind
         raise
     return model
+
+
+def release_float_weights(model: nn.Module) -> int:
+    """Free the float weights of `model`'s FP4 layers, which its forward, `save_artifact` and the ONNX export
+    no longer read (the packed 4-bit codes and scales stay). The float model's fingerprint is computed first
+    and kept on the model (`trtq.artifact.module_fingerprint` answers with it), so artifacts still name the
+    float model. What needs the float weights afterwards (HQ-DiT's searches, EfficientDM's QALoRA training,
+    `set_rotation`, the float capture) raises a TrtqError. Other layer kinds keep theirs: their forward reads
+    them. Returns the bytes released (0 when there is nothing left to release)."""
+    return _release_float_weights(model, None)
+
+
+def _release_float_weights(model: nn.Module, fingerprint: str | None) -> int:
+    """`release_float_weights`; `fingerprint`: the float model's, when the caller has just checked it
+    (`load_artifact`), so that it is not hashed twice."""
+    from trtq.artifact import FLOAT_FINGERPRINT, module_fingerprint
+    from trtq.nn.fp4_linear import FP4Linear
+
+    if getattr(model, "trtq_recipe", None) is None:
+        raise TrtqError("release_float_weights takes a model quantized by trtq.quantize or trtq.load_artifact")
+    layers = [m for m in model.modules() if isinstance(m, FP4Linear) and not m.float_weight_released]
+    if not layers:
+        return 0
+    # Before the first weight goes (a model released before answers with the fingerprint it recorded then).
+    setattr(model, FLOAT_FINGERPRINT, fingerprint or module_fingerprint(model))
+    return sum(layer.release_float_weight() for layer in layers)

@@ -181,6 +181,7 @@ class QALoRAFP4Train(nn.Module):
         iq = layer.input_quantizer
         if iq is not None and not iq.scheme.dynamic:
             raise TrtqError("QALoRA on fp4 layers supports dynamic (or float) activations; this layer's are static")
+        layer.float_weight("QALoRA training")  # the update is merged into W0 before quantization
         self.layer, self.adapter = layer, adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

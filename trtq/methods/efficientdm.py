@@ -42,7 +42,7 @@ from trtq.efficientdm.qalora import (
 from trtq.errors import TrtqError
 from trtq.methods import METHODS, register_method
 from trtq.nn import quantizers
-from trtq.nn.fp4_linear import FP4Linear
+from trtq.nn.fp4_linear import FP4Linear, require_float_weights
 from trtq.nn.modules import register_layer_kind
 from trtq.nn.timestep import route_timesteps, set_steps_learnable, unroute_timesteps, use_timestep_table
 
@@ -129,6 +129,7 @@ def efficientdm(model: nn.Module, recipe, calib_loop=None, on_round=None) -> dic
         raise TrtqError("efficientdm distills on the sampler's trajectories: pass calib_loop")
     if not adaptable_layers(model):
         raise TrtqError("efficientdm needs layers of kind 'qalora' or 'fp4' (set `layer: qalora` in the rules)")
+    require_float_weights(model, "efficientdm")  # the float teacher and the update W0 + B·A read them
     random.seed(a["seed"])
     torch.manual_seed(a["seed"])
     try:

@@ -32,7 +32,7 @@ from trtq.fp4 import FP4_FORMATS, FP32_SCALES, code_values, dynamic_act_scales, 
 from trtq.hadamard import random_signs
 from trtq.methods import register_method
 from trtq.nn import quantizers
-from trtq.nn.fp4_linear import FP4Linear
+from trtq.nn.fp4_linear import FP4Linear, require_float_weights
 from trtq.quantizer import double_quantize_scale
 
 CLIP_RATIOS = torch.linspace(0.5, 1.0, 11)
@@ -262,7 +262,7 @@ def calibrate_layer(layer: FP4Linear, st: LayerStats, a: HQDiTArgs, note=lambda 
     """Search, choose and pack one layer; returns its choice and the output error of every format pair.
     `note(stage)` is told each stage as it starts (the progress bar shows it)."""
     # Statistics are gathered on the CPU (bounded memory); the searches run where the layer lives.
-    dev = layer.weight.device
+    dev = layer.weight_packed.device
     samples, col_amax = st.samples.to(dev), st.col_amax.to(dev)
     w = layer.rotated_weight()
     xr = layer.rotate_input(samples)
@@ -293,6 +293,7 @@ def hqdit(model: nn.Module, recipe, calib_loop) -> None:
     layers = {n: m for n, m in model.named_modules() if isinstance(m, FP4Linear)}
     if not layers:
         raise TrtqError("hqdit found no fp4 layers: give the recipe rules with `layer: fp4`")
+    require_float_weights(model, "hqdit")  # rotation, searches and GPTQ all start from the float weights
     if a.hadamard:
         for name, layer in layers.items():
             layer.set_rotation(random_signs(layer.in_features, a.seed * 1_000_003 + zlib.crc32(name.encode())))

@@ -7,7 +7,11 @@ artifacts carry exactly what a kernel consumes:
   the weight scheme has `scale_format: fp8_e4m3` (NVFP4 double quant);
 - `hadamard_signs` int8 [K] (optional): the layer computes `(x R)(W R)ᵀ` with R = diag(signs)·H; the
   packed weights are already W R (see `trtq.hadamard`).
-The float `weight` Parameter is kept untouched (it is the float model's; artifacts fingerprint it).
+The float `weight` Parameter is the float model's, never changed; the forward does not read it. It stays while
+something may still need it (HQ-DiT's searches, QALoRA training, `set_rotation`, the packed-weight check of
+`load_artifact`) and `release_float_weight()` frees it (`trtq.release_float_weights(model)` for a whole model,
+which first records the float model's fingerprint; `load_artifact` does it by default). A released layer's
+`weight` is None: what needs it asks `float_weight(purpose)`, which raises one clear TrtqError.
 Activations go through `input_quantizer` only for bookkeeping (its scheme names the activation format,
 its buffers hold static scales); the quantization itself happens inside `trtq::fp4_group_gemm`.
 Per-layer choices (weight format, activation clip ratio) travel in `artifact_config()`.
@@ -69,8 +73,8 @@ _packing = _Packing()
 
 @contextlib.contextmanager
 def packing_deferred() -> Iterator[None]:
-    """Layers built inside skip encoding their weights (zero codes of the right shape, min-max scales): for
-    `load_artifact`, whose stored codes replace them. Anything else must not run such a layer."""
+    """Layers built inside skip encoding their weights (codes on the meta device: shape and dtype, no memory;
+    min-max scales): for `load_artifact`, whose stored codes replace them. Such a layer cannot run until then."""
     previous = _packing.deferred
     _packing.deferred = True
     try:
@@ -132,13 +136,35 @@ class FP4Linear(_QuantMixin, nn.Linear):
     def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.hadamard_signs is None else rotate(x, self.hadamard_signs)
 
+    @property
+    def float_weight_released(self) -> bool:
+        return self.weight is None
+
+    def float_weight(self, purpose: str) -> torch.Tensor:
+        """The float model's weight [N, K], for `purpose`; after `release_float_weight`, a TrtqError saying so."""
+        if self.weight is None:
+            raise TrtqError(f"{purpose} needs the float weights of this fp4 layer [{self.out_features}x"
+                            f"{self.in_features}], which were released (trtq.release_float_weights; load_artifact "
+                            "releases them unless keep_float_weights=True): start again from the float model")
+        return self.weight
+
+    def release_float_weight(self) -> int:
+        """Drop the float `weight` (the packed codes and scales are all the forward reads). Returns its bytes
+        (0 when already released); they are freed once nothing else holds that Parameter."""
+        w = self.weight
+        if w is None:
+            return 0
+        self.weight = None  # stays a registered (empty) parameter slot, as nn.Linear's bias does without bias
+        return w.numel() * w.element_size()
+
     def rotated_weight(self) -> torch.Tensor:
         """W R (or W): the float weights in the basis the packed codes are in."""
-        return self.rotate_input(self.weight.detach().float())
+        return self.rotate_input(self.float_weight("rotated_weight").detach().float())
 
     def set_rotation(self, signs: torch.Tensor | None) -> None:
         """Turn the Hadamard rotation on (signs) or off (None); re-packs the weights min-max."""
-        self.hadamard_signs = None if signs is None else signs.to(torch.int8).to(self.weight.device)
+        w = self.float_weight("set_rotation (re-packing in the rotated basis)")
+        self.hadamard_signs = None if signs is None else signs.to(torch.int8).to(w.device)
         self.pack_weight(self.rotated_weight())
 
     def weight_scales(self, w: torch.Tensor, clip: torch.Tensor | float = 1.0, fmt: str | None = None):
@@ -159,7 +185,7 @@ class FP4Linear(_QuantMixin, nn.Linear):
         else:
             self.weight_scale = scale.contiguous()
         if _packing.deferred:  # an artifact's codes are about to replace these: only the shape matters
-            self.weight_packed = torch.zeros(w.shape[0], w.shape[1] // 2, dtype=torch.uint8, device=w.device)
+            self.weight_packed = torch.empty(w.shape[0], w.shape[1] // 2, dtype=torch.uint8, device="meta")
             return
         self.weight_packed = encode_groups(w, scale, fmt, self.group_size)
 
@@ -190,7 +216,7 @@ class FP4Linear(_QuantMixin, nn.Linear):
         if not new.scheme.dynamic:
             if static_scale is None:
                 raise TrtqError("static fp4 activations need scales")
-            new.scale = static_scale.float().to(self.weight.device)
+            new.scale = static_scale.float().to(self.weight_packed.device)
             new.observer, new.mode = None, "quantize"
         self.input_quantizer = new
         self.act_clip = float(clip)
@@ -203,7 +229,7 @@ class FP4Linear(_QuantMixin, nn.Linear):
     # ------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.float_forward:
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, self.float_weight("float_forward (a float capture or teacher)"), self.bias)
         x = self.rotate_input(x)
         iq = self.input_quantizer
         act_format, act_scale = self.act_format, None
@@ -234,10 +260,21 @@ class FP4Linear(_QuantMixin, nn.Linear):
         self.weight_format, self.act_clip = fmt, clip
 
     def extra_repr(self) -> str:
-        rot = ", hadamard" if self.hadamard_signs is not None else ""
+        notes = (", hadamard" if self.hadamard_signs is not None else "") + \
+            (", float weight released" if self.weight is None else "")
         scales = f", {self.scale_format} scales" if self.scale_format else ""
         return (f"{super().extra_repr()}, weight={self.weight_format} g={self.group_size}{scales}, "
-                f"act={self.act_format}{rot}")
+                f"act={self.act_format}{notes}")
 
 
 register_layer_kind("fp4", {"Linear": FP4Linear})
+
+
+def require_float_weights(model: nn.Module, purpose: str) -> None:
+    """Refuse `purpose` (a method that reads the float weights) on a model whose fp4 float weights were released."""
+    released = [n for n, m in model.named_modules() if isinstance(m, FP4Linear) and m.float_weight_released]
+    if released:
+        more = f" and {len(released) - 1} more fp4 layer(s)" if len(released) > 1 else ""
+        raise TrtqError(f"{purpose} needs the float weights of the fp4 layers, but those of {released[0] or 'the model'}"
+                        f"{more} were released (trtq.release_float_weights; load_artifact releases them unless "
+                        "keep_float_weights=True): start again from the float model")
