@@ -164,3 +164,14 @@ def test_released_model_exports_onnx_naming_the_float_model(dit, tmp_path):
     trtq.export_onnx(model, tmp_path / "onnx", model_name="tiny-dit")
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert manifest["model"]["fingerprint"] == module_fingerprint(float_model)
+
+
+def test_qalora_adapters_refuse_released_fp4_weights(dit):
+    """Called directly (not through the EfficientDM method), attaching updates to a released model is the
+    same one-line refusal, not an AttributeError on the missing weight."""
+    from trtq.efficientdm.qalora import attach_adapters
+
+    _, model, _, _ = dit
+    trtq.release_float_weights(model)
+    with pytest.raises(TrtqError, match="^QALoRA adapters needs the float weights"):
+        attach_adapters(model, rank=2)

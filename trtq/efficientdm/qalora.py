@@ -31,7 +31,7 @@ from torch import nn
 from trtq.errors import TrtqError
 from trtq.formats import IntFormat
 from trtq.fp4 import FP32_SCALES, dynamic_act_scales, fake_quantize_groups
-from trtq.nn.fp4_linear import FP4Linear
+from trtq.nn.fp4_linear import FP4Linear, require_float_weights
 from trtq.nn.modules import QuantConv2d, QuantLinear
 from trtq.nn.timestep import TimestepTableConfig
 from trtq.quantizer import expand_scale
@@ -224,6 +224,7 @@ def attach_adapters(model: nn.Module, kind: str = "lora", rank: int = 32, seed: 
     """Give every adaptable layer an update (zero at start). Returns {layer name: adapter}."""
     import zlib
 
+    require_float_weights(model, "QALoRA adapters")  # an update starts from the float weight W0
     adapters = {}
     for name, layer in adaptable_layers(model).items():
         adapter = make_adapter(layer.weight, kind, rank, getattr(layer, "groups", 1),
