@@ -177,3 +177,39 @@ def test_graph_runtimes_refuse_uncalibrated_timesteps(tmp_path):
     runner.manifest["timestep_tables"]["on_unknown"] = "nearest"
     with pytest.warns(UserWarning, match="nearest calibrated"):
         runner.check_feed(_inputs(sig, 2, res, 250, seed=0))
+
+
+def test_float16_graph_keeps_float32_timesteps(tmp_path):
+    """In a float16 graph the tables' timesteps stay float32 (compared with the float32 timestep input; a
+    scheduler's timesteps need not be integers), and ORT picks each step's row as PyTorch does."""
+    from onnx import TensorProto, numpy_helper
+
+    net, sig, res = _tfmq("dit")
+    out = export_onnx(net, tmp_path / "onnx", _inputs(sig, 2, res, 500, seed=2), dtype="float16")
+    proto = onnx.load(str(out / "model.onnx"))
+    steps = [i for i in proto.graph.initializer if numpy_helper.to_array(i).size == len(STEPS)
+             and sorted(numpy_helper.to_array(i).ravel().tolist()) == sorted(STEPS)]
+    assert steps and all(i.data_type == TensorProto.FLOAT for i in steps)
+    sess = _session(out / "model.onnx")
+    with torch.no_grad():
+        quant = DenoiserWrapper(net, sig)(*_inputs(sig, 2, res, 500, seed=3).values()).numpy()
+    for t in STEPS:
+        x = _inputs(sig, 2, res, t, seed=4)
+        with torch.no_grad():
+            ref = DenoiserWrapper(net, sig)(*x.values()).numpy()
+        feed = {k: v.numpy().astype(np.float16) if v.is_floating_point() and k != "timestep" else v.numpy()
+                for k, v in x.items()}
+        got = sess.run(None, feed)[0].astype(np.float32)
+        assert _rel(got, ref) < max(0.15, 1.5 * _rel(quant, net.trtq_float_out)), (t, _rel(got, ref))
+
+
+def test_cast_float_keeps_fractional_timesteps():
+    """A table's timesteps keep float32 under a float16 cast: float16 would move 999.7 to 999.5 (its spacing
+    there is 0.5), and the row picked for a fed timestep with it; the scales follow the export dtype."""
+    from trtq.export.onnx import cast_float
+
+    steps = torch.tensor([0.1, 500.3, 999.7])
+    q = twins.TimestepActQuant(steps, torch.tensor([0.1, 0.2, 0.3]), None, -128, 127)
+    cast_float(q, torch.float16)
+    assert q.timesteps.dtype == torch.float32 and torch.equal(q.timesteps, steps)
+    assert q.scale.dtype == torch.float16

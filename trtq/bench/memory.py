@@ -2,6 +2,7 @@
 
     python -m trtq.bench.memory sd15 w8a8-minmax [--latent 32] [--set winograd.steps=10]
     python -m trtq.bench.memory dit-xl-2 float
+    python -m trtq.bench.memory dit-xl-2 w4a4-fp4-minmax --release    # FP4 float weights freed after quantize
 
 Prints one JSON line: build / quantize / forward peaks (VmHWM, the resident high-water mark, reset between
 phases through /proc/self/clear_refs after glibc's malloc_trim) and wall seconds. One process per measurement: peaks never mix.
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="method knob, e.g. winograd.steps=10")
+    ap.add_argument("--release", action="store_true", help="trtq.release_float_weights after quantizing")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     out: dict = {"model": a.model, "recipe": a.recipe, "latent": a.latent}
@@ -63,6 +65,8 @@ def main() -> None:
         t0 = time.perf_counter()
         trtq.quantize(model, recipe, lambda m: m(*args, **kwargs))
         out["quantize_peak_mib"], out["quantize_s"] = round(_peak_mib()), round(time.perf_counter() - t0, 1)
+        if a.release:
+            out["released_mib"] = round(trtq.release_float_weights(model) / 2**20)
         out["buffers_mib"] = round(sum(b.numel() * b.element_size() for b in model.buffers()) / 2**20)
     _reset_peak()
     t0 = time.perf_counter()

@@ -154,7 +154,8 @@ def _is_export(path: Path) -> bool:
 
 def cast_float(model: nn.Module, dtype: torch.dtype) -> None:
     """Floating tensors to the export dtype, except the plugin twins' (their contracts fix FP32 scales and
-    transforms; the plugin casts its output to the activation dtype)."""
+    transforms; the plugin casts its output to the activation dtype) and a timestep table's timesteps (compared
+    with the float32 timestep input; a scheduler's timesteps need not be integers)."""
     for mod in model.modules():
         if isinstance(mod, (twins.WinogradConvInt8, twins.FP4GroupGemm)):
             continue
@@ -162,7 +163,8 @@ def cast_float(model: nn.Module, dtype: torch.dtype) -> None:
             if p is not None and p.is_floating_point():
                 mod._parameters[k] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
         for k, t in mod._buffers.items():
-            if t is not None and t.is_floating_point():
+            if t is not None and t.is_floating_point() and not (isinstance(mod, twins.TimestepActQuant)
+                                                                 and k == "timesteps"):
                 mod._buffers[k] = t.to(dtype)
 
 
