@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="what a recipe does to a model, layer by layer; or an exported ONNX graph",
                        description="trtq inspect --model M --recipe R: per layer, the kind and scheme it gets and "
                                    "the rule or role that decided. trtq inspect PATH: an exported ONNX graph's "
-                                   "nodes per op and precision, plugin nodes, initializer bytes by dtype.")
+                                   "nodes per op and precision, plugin nodes, initializer bytes by dtype, and what "
+                                   "TensorRT's parser would refuse.")
     s.add_argument("path", nargs="?", help="model.onnx or an export directory")
     s.add_argument("--model", help="zoo name, architecture name (sd15, sdxl, dit-xl-2, pixart-alpha, sd3-medium, "
                                    "flux-dev: built on the meta device) or a diffusers model directory")

@@ -70,6 +70,10 @@ def build_engine(export: str | Path | OnnxExport, *, batch: Sequence[int] | None
     TensorRT or a CUDA GPU is missing.
     """
     exp = export if isinstance(export, OnnxExport) else read_export(export)
+    blockers = exp.manifest.get("tensorrt", {}).get("blockers") or []
+    if blockers:
+        more = f" (and {len(blockers) - 1} more kind(s): manifest.json 'tensorrt')" if len(blockers) > 1 else ""
+        raise TrtqError(f"export {exp.path} cannot be built by TensorRT: {blockers[0]}{more}")
     options = options or BuildOptions()
     profile = resolve_profile(exp.manifest["inputs"], exp.manifest["profiles"], batch, resolution)
     if target is None or build_step is None:

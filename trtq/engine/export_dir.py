@@ -41,7 +41,8 @@ EXPORT_SCHEMA = Obj(
                                       "version": Str(nonempty=True)}, extra=True, desc="a plugin entry")),
     },
     optional={"artifact": Opt(Str()), "format_version": Int(1), "created": Str(), "export_seconds": AnyValue(),
-              "versions": AnyValue()},
+              "versions": AnyValue(),
+              "tensorrt": Obj(optional={"blockers": List(Str(), max_len=64)}, extra=True, desc="TensorRT support")},
     extra=True, name="export manifest")
 
 

@@ -206,8 +206,7 @@ def _act_quant(iq: TensorQuantizer) -> nn.Module:
     if isinstance(iq, TimestepTensorQuantizer):
         if s.format != "int8":
             raise TrtqError(f"input scheme {s.describe()}: per-timestep scales export as INT8 Q/DQ only")
-        zp = iq.zero_point
-        return twins.TimestepActQuant(iq.timesteps, iq.scale, zp, *((0, 255) if zp is not None else (-128, 127)))
+        return twins.TimestepActQuant(iq.timesteps, iq.scale, iq.zero_point)
     if s.dynamic:
         if s.granularity not in ("group", "token", "tensor") or not s.symmetric or s.format not in _DYNAMIC_FORMATS:
             raise TrtqError(f"input scheme {s.describe()}: dynamic activations are exported as "
@@ -240,4 +239,7 @@ def _act_quant(iq: TensorQuantizer) -> nn.Module:
         return twins.ActQuant(scale, zero, axis, -448, 448, fmt)
     if zp is None:
         return twins.ActQuant(scale, torch.zeros(scale.shape, dtype=torch.int8), axis, -128, 127, fmt)
+    if s.granularity == "tensor":  # INT8 codes shifted by 128, the zero point's share subtracted after the op
+        return twins.ShiftedActQuant(scale, zp)
+    # Per-channel zero points stay UINT8 Q/DQ with zero points: ONNX Runtime runs them, TensorRT does not.
     return twins.ActQuant(scale, zp.round().to(torch.uint8), axis, 0, 255, fmt)

@@ -39,6 +39,7 @@ from trtq.errors import TrtqError
 from trtq.export import twins
 from trtq.export.inputs import DenoiserSignature, DenoiserWrapper, signature_of
 from trtq.export.lower import lower
+from trtq.export.tensorrt_support import tensorrt_blockers
 
 OPSET = 21  # blocked DequantizeLinear and the INT4 element type
 # Opset 22 adds bfloat16 to Conv, InstanceNormalization and the other ops that lacked it, with no change of
@@ -400,6 +401,7 @@ def build_manifest(proto, model, sig: DenoiserSignature, dtype, dynamic, batch, 
                      "nodes": count, "aot_nodes": aot[name], "attributes": list(twins.PLUGINS[name][1]),
                      "local_function": True} for name, count in sorted(plugins.items())],
         "timestep_tables": timestep_tables(model),
+        "tensorrt": {"blockers": tensorrt_blockers(proto)},  # [] = TensorRT's parser takes every node
         "export_seconds": round(seconds, 3),
         "versions": {"trtq": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
     }
@@ -502,6 +504,7 @@ def summarize(path: str | Path) -> dict:
         "plugins": {op: c for (op, _), c in nodes.items() if op.startswith(f"{twins.PLUGIN_DOMAIN}::")},
         "functions": [f"{f.domain}::{f.name}:{f.overload} ({len(f.node)} nodes)" for f in proto.functions],
         "initializer_bytes": dict(init_bytes),
+        "tensorrt_blockers": tensorrt_blockers(proto),
     }
 
 
@@ -519,5 +522,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"{row['op']:<28} {row['precision']:<24} {row['count']}")
     lines.append("plugin nodes: " + (", ".join(f"{k} x{v}" for k, v in s["plugins"].items()) or "none"))
     lines.append("initializer bytes: " + ", ".join(f"{k} {v}" for k, v in sorted(s["initializer_bytes"].items())))
+    blockers = s.get("tensorrt_blockers") or []
+    lines.append("TensorRT: " + ("every Q/DQ node symmetric (parser-ready)" if not blockers else
+                                 "cannot build: " + "; ".join(blockers)))
     return "\n".join(lines)
 

@@ -7,6 +7,8 @@ ONNX exporter emits for it:
     QDQConv2d / QDQLinear   [QuantizeLinear -> DequantizeLinear] on the input (static per-tensor/per-channel),
                             or one trtq::DynamicGroupQDQ node (dynamic per-group scales),
                             or a per-timestep scale (TimestepActQuant: Gather on the step, unit-scale Q/DQ);
+                            asymmetric INT8 inputs as INT8 codes shifted by 128 (ShiftedActQuant, and tables
+                            with zero points), the zero point's share subtracted after the op;
                             weight = INT8/INT4/FP8 initializer -> DequantizeLinear (per-channel or blocked);
                             then the float Conv / MatMul (+ bias).
     WinogradConvInt8        one trtq::WinogradConvInt8 node (plugin), packed weights/scales as initializers.
@@ -268,33 +270,62 @@ class ActQuant(nn.Module):
         return _QDQFn.apply(x, self.scale.to(x.dtype), self.zero_point, self.axis, self.qmin, self.qmax, self.fmt)
 
 
+# Asymmetric INT8 codes c in [0, 255] with zero point z are deployed shifted by 128: c' = c - 128 in [-128, 127],
+# z' = z - 128, and c - z = c' - z'. TensorRT's Q/DQ take no zero point (its ONNX parser asserts an all-zero
+# one) and no UINT8; the shifted codes are a plain INT8 Q/DQ and the zero point's share, op(z'·1, W) = z'·ΣW per
+# output channel, is subtracted after the op (an exact identity for a linear op once the input's zero padding
+# is made explicit before quantization: a padded 0 quantizes to the code z', whose share cancels too).
+ZERO_SHIFT = 128
+
+
+class ShiftedActQuant(nn.Module):
+    """Static per-tensor asymmetric INT8 input quantization (zero point z, scale s) in the form TensorRT builds:
+
+        x + z'·s -> QuantizeLinear(s, 0) -> DequantizeLinear(s, 0)   (= c'·s, INT8 codes c' = c - 128)
+
+    and the layer twin subtracts z'·s·ΣW from its output (folded into the op's bias by constant folding).
+    Codes equal `fake_quantize`'s except where x/s lies within float rounding of a half-way point (the shift is
+    added before the division)."""
+
+    def __init__(self, scale, zero_point):
+        super().__init__()
+        self.register_buffer("scale", scale.detach().float().reshape(()).clone())
+        self.register_buffer("shift", (zero_point.detach().float().reshape(()) - ZERO_SHIFT).round())
+
+    def codes(self, x):
+        """(DQ output c'·s, None: no post scale, z'·s: the input's constant offset)."""
+        s, z = self.scale.to(x.dtype), self.shift.to(x.dtype)
+        q = _QDQFn.apply(x + z * s, s, torch.zeros((), dtype=torch.int8), 0, -128, 127, "int8")
+        return q, None, z * s
+
+
 class TimestepActQuant(nn.Module):
     """Static per-tensor input quantization with one scale (and zero point) per calibrated timestep
     (`trtq.nn.timestep.TimestepTensorQuantizer`), in the form TensorRT can build as a plain INT8 layer:
 
-        row = ArgMin_k |t - timesteps[k]|,  s = Gather(scale, row),  z = Gather(zero_point, row)   (per sample)
-        q   = DequantizeLinear(QuantizeLinear(x / s + z, 1, 0), 1, 0) - z                          (the codes)
-        y   = op(q, W) * s + bias                                     (by the layer twin; op is linear in q)
+        row = ArgMin_k |t - timesteps[k]|,  s = Gather(scale, row),  z' = Gather(zero_point, row) - 128  (per sample)
+        q   = DequantizeLinear(QuantizeLinear(x / s + z', 1, 0), 1, 0)          (the INT8 codes, shifted: c - 128)
+        y   = (op(q, W) - z'·ΣW) * s + bias               (by the layer twin; op is linear in q; z' = 0 if symmetric)
 
     A Q/DQ pair with a scale computed in the graph is not a build-time constant, which TensorRT's INT8 Q/DQ
     fusion needs; here the Q/DQ scale is the constant 1 and the step's scale is two pointwise ops around the
-    layer. round(x/s + z) = round(x/s) + z for an integer z, so the codes are `fake_quantize`'s exactly (FP32).
+    layer. round(x/s + z') = round(x/s) + z' for an integer z' except at an exact half-way x/s with an odd z'
+    (round half to even), so the codes are `fake_quantize`'s (FP32) up to such ties.
     The row is the nearest calibrated timestep: a graph cannot raise, so the runtime checks the timesteps it
     feeds against the manifest's `timestep_tables` (an uncalibrated step is refused there, as in PyTorch).
     """
 
-    def __init__(self, timesteps, scale, zero_point, qmin: int, qmax: int):
+    def __init__(self, timesteps, scale, zero_point):
         super().__init__()
         self.register_buffer("timesteps", timesteps.detach().float().reshape(-1).contiguous())
         self.register_buffer("scale", scale.detach().float().reshape(-1).contiguous())
-        self.register_buffer("zero_point", None if zero_point is None else
-                             zero_point.detach().float().reshape(-1).contiguous())
-        self.qmin, self.qmax = qmin, qmax
+        self.register_buffer("shift", None if zero_point is None else
+                             (zero_point.detach().float().reshape(-1) - ZERO_SHIFT).round().contiguous())
         self.router = None  # the lowered denoiser's TimestepRouter (set by `trtq.export.lower`)
 
     def codes(self, x):
-        """(q, s): the input's codes as float (zero point removed) and the per-sample scale, shaped to
-        broadcast over x (and over the layer's output, which has x's rank)."""
+        """(q, s, z'): the input's INT8 codes as float, the per-sample scale and the per-sample code offset
+        (None when symmetric), shaped to broadcast over x (and over the layer's output, which has x's rank)."""
         t = None if self.router is None else self.router.timestep
         if t is None:
             raise RuntimeError("TimestepActQuant called outside a denoiser call (no timestep bound)")
@@ -302,32 +333,48 @@ class TimestepActQuant(nn.Module):
         row = (t.reshape(-1, 1) - self.timesteps.to(torch.float32).reshape(1, -1)).abs().argmin(1)
         shape = [-1] + [1] * (x.dim() - 1)
         s = self.scale.index_select(0, row).reshape(shape).to(x.dtype)
-        one = torch.ones((), dtype=x.dtype)
-        if self.zero_point is None:
-            q = _QDQFn.apply(x / s, one, torch.zeros((), dtype=torch.int8), 0, self.qmin, self.qmax, "int8")
-            return q, s
-        z = self.zero_point.index_select(0, row).reshape(shape).to(x.dtype)
-        q = _QDQFn.apply(x / s + z, one, torch.zeros((), dtype=torch.uint8), 0, self.qmin, self.qmax, "int8")
-        return q - z, s
+        one, zero = torch.ones((), dtype=x.dtype), torch.zeros((), dtype=torch.int8)
+        if self.shift is None:
+            return _QDQFn.apply(x / s, one, zero, 0, -128, 127, "int8"), s, None
+        z = self.shift.index_select(0, row).reshape(shape).to(x.dtype)
+        return _QDQFn.apply(x / s + z, one, zero, 0, -128, 127, "int8"), s, z
+
+
+def _shifted(act) -> bool:
+    """Whether the input's codes carry a zero-point offset the layer must cancel (and pad for explicitly)."""
+    return isinstance(act, ShiftedActQuant) or (isinstance(act, TimestepActQuant) and act.shift is not None)
 
 
 def _apply_input(act, x):
-    """The layer input after its quantizer, and the per-sample scale to multiply the op's output by (or None)."""
+    """(the op's input after its quantizer, per-sample scale to multiply the op's output by or None, the
+    input's zero-point offset whose share op(offset, W) the layer subtracts, or None)."""
     if act is None:
-        return x, None
-    if isinstance(act, TimestepActQuant):
+        return x, None, None
+    if isinstance(act, (TimestepActQuant, ShiftedActQuant)):
         return act.codes(x)
-    return act(x), None
+    return act(x), None, None
 
 
-def _rescale(y, post, bias):
-    """op(q)·s + bias for a timestep-table input; nothing to do otherwise (the op added its bias)."""
-    if post is None:
-        return y
-    y = y * post
-    if bias is None:
-        return y
-    return y + (bias.reshape(-1, 1, 1) if y.dim() == 4 else bias)  # conv: channels first
+def _weight_sum(weight: torch.Tensor) -> torch.Tensor:
+    """ΣW per output channel (over inputs and kernel window): op(c·1, W) = c·ΣW for a uniform input c."""
+    return weight.double().sum(dim=tuple(range(1, weight.dim()))).float()
+
+
+def _offset_bias(offset, weight_sum, bias, x):
+    """A static input offset's share folded into the op's bias: bias - offset·ΣW (constants: the exporter's
+    constant folding leaves one bias initializer)."""
+    b = -offset * weight_sum.to(x.dtype)
+    return b if bias is None else b + bias
+
+
+def _finish(y, post, offset, weight_sum, bias):
+    """y = op(q, W) without bias -> (y - offset·ΣW)·post + bias (per-sample offset and scale)."""
+    shape = (-1, 1, 1) if y.dim() == 4 else (-1,)  # conv output: channels on axis 1; linear: last axis
+    if offset is not None:
+        y = y - offset * weight_sum.to(y.dtype).reshape(shape)
+    if post is not None:
+        y = y * post
+    return y if bias is None else y + bias.reshape(shape)
 
 
 def _as(t, x):
@@ -336,38 +383,74 @@ def _as(t, x):
     return t if t is None or t.dtype == x.dtype else t.to(x.dtype)
 
 
+def _explicit_padding(padding, weight_shape, dilation) -> tuple[int, int, int, int]:
+    """Conv2d padding as F.pad's (left, right, top, bottom)."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":  # stride 1 (torch's rule): total dilation·(k - 1), the extra one on the right/bottom
+        (th, tw) = (d * (k - 1) for d, k in zip(dilation, weight_shape[2:]))
+        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    ph, pw = padding
+    return (pw, pw, ph, ph)
+
+
 class QDQConv2d(nn.Module):
-    def __init__(self, conv: nn.Conv2d, weight: nn.Module, act: ActQuant | TimestepActQuant | None, bias):
+    """Q/DQ input and weight around F.conv2d. With a zero-point offset on the input (asymmetric activations),
+    the zero padding is applied before quantization (it becomes the zero point's code, whose share the
+    subtraction cancels like everywhere else) and the conv itself pads nothing."""
+
+    def __init__(self, conv: nn.Conv2d, weight: nn.Module, act, bias):
         super().__init__()
         self.weight_dq, self.act = weight, act
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         if conv.padding_mode != "zeros":
             raise ValueError("padding_mode")
+        self.register_buffer("weight_sum", None)
+        self.pad = None  # F.pad's (left, right, top, bottom) where the padding moves before quantization
+        if _shifted(act):
+            w = weight().detach()
+            self.weight_sum = _weight_sum(w)
+            self.pad = _explicit_padding(self.padding, w.shape, self.dilation)
 
     def forward(self, x):
-        x, post = _apply_input(self.act, x)
+        padding = self.padding
+        if self.pad is not None:
+            padding = 0
+            if any(self.pad):
+                x = F.pad(x, self.pad)
+        x, post, offset = _apply_input(self.act, x)
         w, b = self.weight_dq(), _as(self.bias, x)
-        y = F.conv2d(x, _as(w, x), b if post is None else None, self.stride, self.padding, self.dilation, self.groups)
-        return _rescale(y, post, b)
+        if post is None and offset is None:
+            return F.conv2d(x, _as(w, x), b, self.stride, padding, self.dilation, self.groups)
+        if post is None:  # static offset
+            return F.conv2d(x, _as(w, x), _offset_bias(offset, self.weight_sum, b, x), self.stride, padding,
+                            self.dilation, self.groups)
+        y = F.conv2d(x, _as(w, x), None, self.stride, padding, self.dilation, self.groups)
+        return _finish(y, post, offset, self.weight_sum, b)
 
 
 class QDQLinear(nn.Module):
     """F.linear(Q/DQ(x / input_divisor), DQ(weight)): input_divisor is SmoothQuant's per-input-channel s (one
     Div node before the activation's Q/DQ; the weight codes are those of W diag(s))."""
 
-    def __init__(self, weight: nn.Module, act: ActQuant | TimestepActQuant | None, bias, input_divisor=None):
+    def __init__(self, weight: nn.Module, act, bias, input_divisor=None):
         super().__init__()
         self.weight_dq, self.act = weight, act
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("input_divisor", None if input_divisor is None else input_divisor.detach().clone())
+        self.register_buffer("weight_sum", _weight_sum(weight().detach()) if _shifted(act) else None)
 
     def forward(self, x):
         if self.input_divisor is not None:
             x = x / self.input_divisor.to(x.dtype)
-        x, post = _apply_input(self.act, x)
+        x, post, offset = _apply_input(self.act, x)
         w, b = self.weight_dq(), _as(self.bias, x)
-        return _rescale(F.linear(x, _as(w, x), b if post is None else None), post, b)
+        if post is None and offset is None:
+            return F.linear(x, _as(w, x), b)
+        if post is None:  # static offset
+            return F.linear(x, _as(w, x), _offset_bias(offset, self.weight_sum, b, x))
+        return _finish(F.linear(x, _as(w, x)), post, offset, self.weight_sum, b)
 
 
 class FloatWeight(nn.Module):
