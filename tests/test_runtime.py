@@ -282,6 +282,77 @@ def test_refusals(zoo_dit, tmp_path):
         accelerate(pipe, None, backend="eager")
 
 
+def _record_moves(module: torch.nn.Module, monkeypatch) -> list:
+    """Where `module` (that object, not a copy of it) is sent by `.to`, in order; it still moves."""
+    moves, to = [], torch.nn.Module.to
+
+    def recording_to(self, *args, **kwargs):
+        if self is module:
+            moves.append(str(args[0]))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", recording_to)
+    return moves
+
+
+def test_offloading_the_float_denoiser(zoo_dit, tmp_path, monkeypatch):
+    """offload_original: the float denoiser goes to the CPU before the artifact is loaded (onto a CPU copy)
+    and comes back with restore, or at once when accelerate fails; off by default on a CPU pipeline."""
+    model, q = zoo_dit
+    trtq.save_artifact(q, tmp_path / "art", model_name=model.name)
+    pipe = DigitsPipeline(model)
+    labels = balanced_labels(2)
+    want = pipe(labels, num_inference_steps=2, denoiser=q, progress=False)
+    moves = _record_moves(model.denoiser, monkeypatch)
+    accelerate(pipe, tmp_path / "art", backend="eager")  # CPU pipeline: the default leaves it alone
+    assert moves == [] and pipe.denoiser.offloaded_from is None
+    restore(pipe)
+
+    accelerate(pipe, tmp_path / "art", backend="eager", offload_original=True)
+    assert moves == ["cpu"] and pipe.denoiser.offloaded_from == torch.device("cpu")
+    assert pipe.denoiser.device == torch.device("cpu")  # the anchor says where the original was
+    assert torch.equal(pipe(labels, num_inference_steps=2, progress=False), want)
+    restore(pipe)
+    assert moves == ["cpu", "cpu"] and pipe.denoiser is model.denoiser
+
+    moves.clear()
+    other = load_model("digits-unet")
+    calib = lambda m: DigitsPipeline(other)(balanced_labels(1), num_inference_steps=1, denoiser=m,  # noqa: E731
+                                            progress=False)
+    trtq.save_artifact(trtq.quantize(copy.deepcopy(other.denoiser), "w8a8-minmax", calib), tmp_path / "other",
+                       model_name=other.name)
+    with pytest.raises(TrtqError):
+        accelerate(pipe, tmp_path / "other", backend="eager", offload_original=True)
+    assert moves == ["cpu", "cpu"] and pipe.denoiser is model.denoiser  # moved back on failure
+    with pytest.raises(TrtqError, match="nothing to offload"):
+        accelerate(pipe, None, backend="eager", offload_original=True)
+
+
+@pytest.mark.gpu
+def test_offloaded_float_denoiser_leaves_the_gpu(tmp_path):
+    """On CUDA (the default there): after accelerate with an FP4 artifact the GPU holds the released quantized
+    denoiser and not the float one; the images equal the non-offloaded run; restore puts it back on the GPU."""
+    model = load_model("digits-dit")
+    pipe = DigitsPipeline(model)
+    q = trtq.quantize(copy.deepcopy(model.denoiser), "w4a8-fp4",
+                      lambda m: pipe(balanced_labels(2), num_inference_steps=2, denoiser=m, progress=False))
+    trtq.save_artifact(q, tmp_path / "art", model_name=model.name)
+    model.to("cuda")
+    labels = balanced_labels(2)
+    accelerate(pipe, tmp_path / "art", backend="eager", offload_original=False)
+    kept = torch.cuda.memory_allocated()
+    want = pipe(labels, num_inference_steps=2, progress=False)
+    restore(pipe)
+    __import__("gc").collect()  # the first accelerated copy is gone before the second is measured
+    accelerate(pipe, tmp_path / "art", backend="eager")
+    assert next(model.denoiser.parameters()).device.type == "cpu"
+    float_bytes = sum(p.numel() * p.element_size() for p in model.denoiser.parameters())
+    assert torch.cuda.memory_allocated() <= kept - float_bytes + (1 << 20)
+    assert torch.equal(pipe(labels, num_inference_steps=2, progress=False), want)
+    restore(pipe)
+    assert next(model.denoiser.parameters()).device.type == "cuda"
+
+
 @pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT is usable here: the refusal does not apply")
 def test_tensorrt_backend_says_what_is_missing(zoo_dit):
     model, q = zoo_dit

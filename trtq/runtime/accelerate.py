@@ -82,7 +82,7 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
                batch: tuple[int, int, int] = (1, 2, 8), resolution: tuple[int, int, int] | None = None,
                dtype: str | None = None, text_tokens: int | None = None, onnx_dir: str | Path | None = None,
                cuda_graphs: bool | None = None, compile_backend: str = "inductor", int8_gemm: bool = True,
-               threads: int | None = None) -> Any:
+               threads: int | None = None, offload_original: bool | None = None) -> Any:
     """Swap the pipeline's denoiser for an accelerated one with the same call, config and outputs; returns pipe.
 
     backend: "eager", "torch", "onnxruntime", "tensorrt", or "auto" (the first that works here, in the order
@@ -97,6 +97,10 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
     cuda_graphs, compile_backend, int8_gemm: the torch backend (CUDA graphs default on when the model is on
     CUDA; int8_gemm: W8A8 linears as `trtq::int8_gemm`, see `trtq.runtime.lower`).
     threads: ONNX Runtime's intra-op threads.
+    offload_original: move the float denoiser to the CPU while the pipeline runs accelerated (`restore` moves it
+    back), so the GPU holds only what runs: default on when it is on a GPU and the source is not the float
+    model itself. An artifact is then loaded onto a CPU copy and moved to the GPU: the GPU never holds two
+    float copies, nor an FP4 layer's float weights.
     """
     attr = denoiser_attr(pipe)
     original = getattr(pipe, attr)
@@ -111,6 +115,36 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
         raise TrtqError(f"unknown backend {backend!r}; choose one of auto, {', '.join(B.BACKENDS)}")
 
     kind = _source_kind(source)
+    device = _device_of(original)
+    anchor = next(original.parameters(), None)
+    if offload_original and kind == "float":
+        raise TrtqError("offload_original: the float denoiser is what runs (source None); nothing to offload")
+    offload = (device.type != "cpu" and kind != "float") if offload_original is None else bool(offload_original)
+    if offload:
+        original.to("cpu")
+    try:
+        accelerated = _accelerate(pipe, attr, original, source, kind, backend, fallback, device, batch=batch,
+                                  resolution=resolution, dtype=dtype, text_tokens=text_tokens, onnx_dir=onnx_dir,
+                                  cuda_graphs=cuda_graphs, compile_backend=compile_backend, int8_gemm=int8_gemm,
+                                  threads=threads, anchor=None if anchor is None else (anchor.dtype, device))
+    except BaseException:
+        if offload:  # nothing lost on failure: the pipeline keeps its denoiser where it was
+            original.to(device)
+        raise
+    accelerated.offloaded_from = device if offload else None
+    setattr(pipe, attr, accelerated)
+    return pipe
+
+
+def _load_onto_copy(original: nn.Module, artifact, device: torch.device) -> nn.Module:
+    """The artifact loaded onto a copy of the float denoiser, made where the float one is, then on `device`."""
+    from trtq.artifact import load_artifact
+
+    return load_artifact(copy.deepcopy(original).eval(), artifact).to(device)
+
+
+def _accelerate(pipe, attr, original, source, kind, backend, fallback, device, *, batch, resolution, dtype,
+                text_tokens, onnx_dir, cuda_graphs, compile_backend, int8_gemm, threads, anchor):
     module: nn.Module | None = None  # the torch denoiser, where the source gives one
     graph_dir: Path | None = None
     if kind == "float":
@@ -119,9 +153,7 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
         _check_same_weights(original, _fingerprint(source), "the quantized module")
         module = source
     elif kind == "artifact":
-        from trtq.artifact import load_artifact
-
-        module = load_artifact(copy.deepcopy(original).eval(), source)
+        module = _load_onto_copy(original, source, device)
     else:
         from trtq.runtime.backends import read_export_manifest
 
@@ -130,11 +162,8 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
         _check_same_weights(original, manifest["model"].get("fingerprint"), f"{kind} {graph_dir}")
         artifact = manifest.get("artifact")
         if artifact and Path(artifact).is_dir():  # the torch module behind the graph, for fallback / torch
-            from trtq.artifact import load_artifact
+            module = _load_onto_copy(original, artifact, device)
 
-            module = load_artifact(copy.deepcopy(original).eval(), artifact)
-
-    device = _device_of(original)
     candidates = B.auto_order(device) if backend == "auto" else (backend,)
     reasons = []
     for name in candidates:
@@ -161,12 +190,12 @@ def accelerate(pipe: Any, source: Any = None, backend: str = "auto", *, fallback
             fb = B.TorchRunner(module, cuda_graphs=False, compile_backend=compile_backend, int8_gemm=int8_gemm)
         else:
             fb = B.ModuleRunner(module)
-    accelerated = AcceleratedDenoiser(original, runner, name, fb, fallback if fb is not None else None)
+    accelerated = AcceleratedDenoiser(original, runner, name, fb, fallback if fb is not None else None,
+                                      anchor=anchor)
     accelerated.skipped_backends = reasons  # why "auto" passed over the faster ones, for reports
     if isinstance(runner, B.OnnxRuntimeRunner) and runner.tmp_dir is not None:
         weakref.finalize(accelerated, shutil.rmtree, runner.tmp_dir, True)
-    setattr(pipe, attr, accelerated)
-    return pipe
+    return accelerated
 
 
 def _fingerprint(module: nn.Module) -> str:
@@ -250,10 +279,12 @@ def _export(module, device, batch, resolution, dtype, text_tokens, onnx_dir) -> 
 
 
 def restore(pipe: Any) -> Any:
-    """Put back the float denoiser that `accelerate` replaced; returns pipe."""
+    """Put back the float denoiser that `accelerate` replaced (onto the device it was offloaded from); returns pipe."""
     attr = denoiser_attr(pipe)
     current = getattr(pipe, attr)
     if not isinstance(current, AcceleratedDenoiser):
         raise TrtqError(f"pipe.{attr} is not accelerated by trtq: nothing to restore")
+    if current.offloaded_from is not None:
+        current.original.to(current.offloaded_from)
     setattr(pipe, attr, current.original)
     return pipe

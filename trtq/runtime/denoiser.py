@@ -8,7 +8,8 @@ pipelines read sizes from (SDXL reads `unet.add_embedding.linear_1.in_features`)
 or a graph (ONNX Runtime, TensorRT) fed the named tensors of the export signature.
 
 The float module is kept (not registered as a submodule, so `pipe.to("cuda")` does not copy float weights
-to the GPU beside the accelerated ones) and `trtq.restore(pipe)` puts it back.
+to the GPU beside the accelerated ones; `accelerate` moves it to the CPU meanwhile when it was on a GPU) and
+`trtq.restore(pipe)` puts it back where it was.
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ def _refuse_adapter(name: str):
 class AcceleratedDenoiser(nn.Module):
     """Stands in for a diffusers denoiser (or a zoo model's) inside its pipeline; see the module docstring.
 
-    original: the module it replaces (given back by `trtq.restore`). runner: a `backends.Runner`.
+    original: the module it replaces (given back by `trtq.restore`; on the CPU meanwhile where `accelerate`
+    offloaded it). runner: a `backends.Runner`.
     fallback: a torch module called like the original when a graph backend refuses a shape (with a
     warning naming fallback_backend), or None to raise.
     """
 
     def __init__(self, original: nn.Module, runner, backend: str, fallback: nn.Module | None = None,
-                 fallback_backend: str | None = None):
+                 fallback_backend: str | None = None, anchor: tuple[torch.dtype, torch.device] | None = None):
         super().__init__()
         # Not registered: neither moved by pipe.to() nor counted in parameters() (see the module docstring).
         object.__setattr__(self, "original", original)
@@ -64,10 +66,11 @@ class AcceleratedDenoiser(nn.Module):
         # Pipelines find a module's device from its parameters (diffusers' `_execution_device`, the zoo sampler);
         # a graph runner has none in torch. This empty parameter says where inputs and outputs live, and moves
         # with `.to()` like any parameter.
+        # anchor: (dtype, device) where the original was, when `accelerate` offloads it to the CPU meanwhile.
         ref = next(original.parameters(), None)
-        self.device_anchor = nn.Parameter(torch.empty(0, dtype=ref.dtype if ref is not None else torch.float32,
-                                                      device=ref.device if ref is not None else "cpu"),
-                                          requires_grad=False)
+        dtype, device = anchor or ((ref.dtype, ref.device) if ref is not None else (torch.float32, "cpu"))
+        self.device_anchor = nn.Parameter(torch.empty(0, dtype=dtype, device=device), requires_grad=False)
+        self.offloaded_from: torch.device | None = None  # set by `accelerate`; `restore` moves the original back
 
     # ---------------------------------------------------------------- what pipelines read
     @property
