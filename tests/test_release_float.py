@@ -175,3 +175,21 @@ def test_qalora_adapters_refuse_released_fp4_weights(dit):
     trtq.release_float_weights(model)
     with pytest.raises(TrtqError, match="^QALoRA adapters needs the float weights"):
         attach_adapters(model, rank=2)
+
+
+def test_recipes_quantized_on_the_fly_release_their_float_weights():
+    """`trtq eval|run|export --recipe` quantize a copy that only samples, saves or exports: its FP4 layers hold
+    no float weight, the model's own denoiser keeps all of its, and the copy still samples."""
+    from trtq.eval.evaluate import QuantSpec, SamplingConfig, quantized_denoiser
+    from trtq.pipeline import DigitsPipeline, balanced_labels
+    from trtq.zoo import load_model
+
+    model = load_model("digits-dit")
+    q = quantized_denoiser(model, QuantSpec(recipe="w4a8-fp4"), SamplingConfig(calib_samples=2, steps=2,
+                                                                                 progress=False))
+    layers = [m for m in q.modules() if isinstance(m, FP4Linear)]
+    assert layers and all(m.weight is None for m in layers)
+    assert all(p is not None for p in model.denoiser.parameters())
+    assert module_fingerprint(q) == module_fingerprint(model.denoiser)
+    images = DigitsPipeline(model)(balanced_labels(2), num_inference_steps=2, denoiser=q, progress=False)
+    assert torch.isfinite(images).all()

@@ -24,7 +24,7 @@ from trtq.baselines import BASELINES, run_baseline
 from trtq.errors import TrtqError
 from trtq.eval.metrics import summarize
 from trtq.pipeline import DigitsPipeline, balanced_labels
-from trtq.quantize import quantize
+from trtq.quantize import quantize, release_float_weights
 from trtq.recipes import get_recipe
 
 CALIB_SEED = 10_000  # far from the evaluation seeds, so calibration never sees the evaluation noise
@@ -98,13 +98,16 @@ def calibration_loop(model, cfg: SamplingConfig):
 
 
 def quantized_denoiser(model, spec: QuantSpec, cfg: SamplingConfig) -> nn.Module:
-    """A quantized copy of the model's denoiser (the float one is left untouched)."""
+    """A quantized copy of the model's denoiser (the float one is left untouched). Its FP4 layers' float weights
+    are released: nothing that follows (sampling, saving, export) reads them."""
     denoiser = copy.deepcopy(model.denoiser).eval()
     if spec.artifact is not None:
         return load_artifact(denoiser, spec.artifact, model_name=model.name)
     if spec.recipe in BASELINES:
         return run_baseline(spec.recipe, denoiser, calibration_loop(model, cfg))
-    return quantize(denoiser, spec.resolved_recipe(), calibration_loop(model, cfg))
+    quantized = quantize(denoiser, spec.resolved_recipe(), calibration_loop(model, cfg))
+    release_float_weights(quantized)
+    return quantized
 
 
 def device_name(device: str) -> str:

@@ -175,7 +175,7 @@ def quantized_folder_denoiser(pipe, path: str | Path, *, recipe=None, artifact: 
     """(a quantized copy of the pipeline's denoiser, what its calibration was). recipe: a `Recipe` (or name),
     calibrated on the pipeline's own trajectories; artifact: scales of `trtq quantize` for this folder's
     weights (a foreign artifact is refused). The pipeline's denoiser is left as it was."""
-    from trtq import quantize
+    from trtq import quantize, release_float_weights
     from trtq.artifact import load_artifact
     from trtq.runtime.accelerate import denoiser_attr
 
@@ -187,6 +187,7 @@ def quantized_folder_denoiser(pipe, path: str | Path, *, recipe=None, artifact: 
     calls = record_denoiser_inputs(pipe, conditions, steps, seed, progress)
     recorded = time.perf_counter() - t0
     quantize(denoiser, recipe, replay_loop(calls))
+    release_float_weights(denoiser)  # sampling, saving and export read the FP4 layers' codes only
     info = {**conditions, "samples": samples, "steps": steps, "seed": seed, "denoiser_calls": len(calls),
             "record_seconds": round(recorded, 3), "quantize_seconds": round(time.perf_counter() - t0 - recorded, 3)}
     return denoiser, info
