@@ -174,18 +174,23 @@ def test_each_layer_kind_matches_its_quantized_layer(model_name, recipe, tmp_pat
     assert seen
     for name, (inp, expected) in seen.items():
         twin = low.get_submodule(name)
-        calls = _record_plugin_calls(twin)
-        path = tmp_path / "layer.onnx"
-        with torch.no_grad():
-            torch.onnx.export(twin, (inp,), str(path), dynamo=False, opset_version=21, input_names=["x"],
-                              output_names=["y"], autograd_inlining=False)
-        for h in calls.pop("_hooks"):
-            h.remove()
-        proto = onnx.load(str(path))
-        finalize(proto, calls, torch.float32)
+        proto = _layer_graph(twin, inp, tmp_path / "layer.onnx")
         onnx.checker.check_model(proto, full_check=True)
         got = _session_from(proto).run(None, {"x": inp.numpy()})[0]
         assert _rel(got, expected.numpy()) < 5e-3, (name, type(twin).__name__, _rel(got, expected.numpy()))
+
+
+def _layer_graph(twin: torch.nn.Module, inp: torch.Tensor, path: Path) -> onnx.ModelProto:
+    """One export twin alone as a finalized ONNX graph with input "x" and output "y"."""
+    calls = _record_plugin_calls(twin)
+    with torch.no_grad():
+        torch.onnx.export(twin, (inp,), str(path), dynamo=False, opset_version=21, input_names=["x"],
+                          output_names=["y"], autograd_inlining=False)
+    for h in calls.pop("_hooks"):
+        h.remove()
+    proto = onnx.load(str(path))
+    finalize(proto, calls, torch.float32)
+    return proto
 
 
 def _session_from(proto):

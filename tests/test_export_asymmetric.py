@@ -24,13 +24,13 @@ from trtq import TrtqError
 from trtq.engine import build_engine
 from trtq.export import export_onnx, lower, twins
 from trtq.export.inputs import DenoiserWrapper, signature_of
-from trtq.export.onnx import _record_plugin_calls, finalize, format_summary, summarize
+from trtq.export.onnx import format_summary, summarize
 from trtq.export.tensorrt_support import tensorrt_blockers
 from trtq.recipes import Recipe, get_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from export_configs import build_config  # noqa: E402
-from test_export import _rel, _session, _session_from  # noqa: E402
+from test_export import _layer_graph, _rel, _session, _session_from  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,15 +87,7 @@ def test_asymmetric_inputs_export_without_zero_points(kind, tmp_path):
         twin = low.get_submodule(name)
         with torch.no_grad():
             assert _rel(twin(inp).numpy(), expected.numpy()) < 5e-3, name
-        path = tmp_path / "layer.onnx"
-        calls = _record_plugin_calls(twin)
-        with torch.no_grad():
-            torch.onnx.export(twin, (inp,), str(path), dynamo=False, opset_version=21, input_names=["x"],
-                              output_names=["y"], autograd_inlining=False)
-        for h in calls.pop("_hooks"):
-            h.remove()
-        proto = onnx.load(str(path))
-        finalize(proto, calls, torch.float32)
+        proto = _layer_graph(twin, inp, tmp_path / "layer.onnx")
         assert tensorrt_blockers(proto) == []
         assert all(z.data_type == onnx.TensorProto.INT8 for z in _zero_points(proto))
         got = _session_from(proto).run(None, {"x": inp.numpy()})[0]
