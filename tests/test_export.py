@@ -250,6 +250,12 @@ def test_bfloat16_export_is_the_float16_graph_in_bfloat16(model_name, recipe, tm
     assert manifest["onnx"]["opset"] == 22 and manifest["onnx"]["dtype"] == "bfloat16"
 
 
+def test_reference_io_in_bfloat16_is_refused_before_any_work(tmp_path):
+    with pytest.raises(TrtqError, match="NumPy has no bfloat16|polygraphy is not installed"):
+        export_onnx(torch.nn.Linear(2, 2), tmp_path / "x", dtype="bfloat16", reference_io=True)
+    assert not (tmp_path / "x").exists()
+
+
 def test_reference_io_checks_with_polygraphy(tmp_path):
     """--reference-io: Polygraphy's own ORT runner, fed the saved inputs, matches the saved PyTorch output
     (a Winograd graph, run through its local functions); with the reference perturbed, the same command fails."""

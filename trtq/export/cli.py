@@ -70,13 +70,10 @@ def cmd_export(args) -> None:
 
     out = Path(args.out)
     check_out_dir(out)
-    if args.reference_io:
-        from trtq.export.reference_io import polygraphy_missing
+    if args.reference_io:  # refused before quantizing, not after
+        from trtq.export.reference_io import check_reference_io
 
-        if polygraphy_missing():
-            raise TrtqError(f"--reference-io: {polygraphy_missing()}")
-        if args.dtype == "bfloat16":
-            raise TrtqError("--reference-io needs float16 or float32 inputs (NumPy has no bfloat16)")
+        check_reference_io(args.dtype)
     batch = parse_range(args.batch, "batch")
     resolution = None if args.resolution is None else parse_range(args.resolution, "resolution")
     spec = QuantSpec(recipe=args.recipe, artifact=args.artifact)

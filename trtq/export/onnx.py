@@ -72,8 +72,10 @@ def export_onnx(model: nn.Module, out_dir: str | Path, example_inputs: dict[str,
     check_out_dir(out)
     if dtype not in DTYPES:
         raise TrtqError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if reference_io and dtype == "bfloat16":
-        raise TrtqError("reference_io needs float16 or float32 inputs (NumPy has no bfloat16)")
+    if reference_io:
+        from trtq.export.reference_io import check_reference_io
+
+        check_reference_io(dtype)
     _check_range("batch", batch)
     sig = signature_of(model)
     size = int(getattr(model.config, "sample_size", 32) or 32)
@@ -118,11 +120,8 @@ def export_onnx(model: nn.Module, out_dir: str | Path, example_inputs: dict[str,
     manifest = build_manifest(proto, model, sig, dtype, dynamic, batch, resolution, model_name, artifact, seconds)
     extra = None
     if reference_io:
-        from trtq.export.reference_io import IO_DIR, polygraphy_missing, write_reference_io
+        from trtq.export.reference_io import IO_DIR, write_reference_io
 
-        missing = polygraphy_missing()
-        if missing:
-            raise TrtqError(f"reference I/O needs Polygraphy's JSON formats: {missing}")
         dtypes = {i["name"]: i["dtype"] for i in manifest["inputs"]}
         manifest["reference_io"] = {
             "inputs": f"{IO_DIR}/inputs.json", "outputs": f"{IO_DIR}/outputs.json",
@@ -155,8 +154,8 @@ def _is_export(path: Path) -> bool:
 
 def cast_float(model: nn.Module, dtype: torch.dtype) -> None:
     """Floating tensors to the export dtype, except the plugin twins' (their contracts fix FP32 scales and
-    transforms; the plugin casts its output to the activation dtype) and a timestep table's timesteps (compared
-    with the float32 timestep input; a scheduler's timesteps need not be integers)."""
+    transforms; the plugin casts its output to the activation dtype) and the buffers a twin lists in its
+    FLOAT32_BUFFERS (a timestep table's timesteps)."""
     for mod in model.modules():
         if isinstance(mod, (twins.WinogradConvInt8, twins.FP4GroupGemm)):
             continue
@@ -164,8 +163,7 @@ def cast_float(model: nn.Module, dtype: torch.dtype) -> None:
             if p is not None and p.is_floating_point():
                 mod._parameters[k] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
         for k, t in mod._buffers.items():
-            if t is not None and t.is_floating_point() and not (isinstance(mod, twins.TimestepActQuant)
-                                                                 and k == "timesteps"):
+            if t is not None and t.is_floating_point() and k not in getattr(mod, "FLOAT32_BUFFERS", ()):
                 mod._buffers[k] = t.to(dtype)
 
 

@@ -32,7 +32,17 @@ def polygraphy_missing() -> str | None:
     return None
 
 
-def reference_inputs(model: nn.Module, sig: DenoiserSignature, inputs: dict[str, torch.Tensor]) -> dict:
+def check_reference_io(dtype: str) -> None:
+    """Refuse reference I/O where it cannot be written, before any export work: Polygraphy's JSON formats
+    are needed, and NumPy has no bfloat16 for the inputs."""
+    missing = polygraphy_missing()
+    if missing:
+        raise TrtqError(f"reference I/O needs Polygraphy's JSON formats: {missing}")
+    if dtype == "bfloat16":
+        raise TrtqError("reference I/O needs float16 or float32 inputs (NumPy has no bfloat16)")
+
+
+def reference_inputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict:
     """The example inputs, with the timestep set to a calibrated one where the model has per-timestep tables
     (the PyTorch model refuses any other)."""
     from trtq.nn.timestep import table_quantizers
@@ -46,15 +56,13 @@ def reference_inputs(model: nn.Module, sig: DenoiserSignature, inputs: dict[str,
 
 def write_reference_io(model: nn.Module, sig: DenoiserSignature, inputs: dict[str, torch.Tensor],
                        input_dtypes: dict[str, str], out_dir: Path) -> Path:
-    """Write io/inputs.json and io/outputs.json into out_dir; returns the io directory."""
-    missing = polygraphy_missing()
-    if missing:
-        raise TrtqError(f"reference I/O needs Polygraphy's JSON formats: {missing}")
+    """Write io/inputs.json and io/outputs.json into out_dir (after `check_reference_io`); returns the io
+    directory."""
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.json import save_json
 
-    feed = reference_inputs(model, sig, inputs)
+    feed = reference_inputs(model, inputs)
     with torch.no_grad():
         out = DenoiserWrapper(model, sig).eval()(*feed.values())
     arrays = {k: v.detach().cpu().numpy().astype(_np_dtype(input_dtypes[k])) for k, v in feed.items()}

@@ -315,6 +315,10 @@ class TimestepActQuant(nn.Module):
     feeds against the manifest's `timestep_tables` (an uncalibrated step is refused there, as in PyTorch).
     """
 
+    # Kept float32 by the export's dtype cast: compared with the float32 timestep input, and a scheduler's
+    # timesteps need not be integers (float16 would move 999.7 to 999.5, and the row picked with it).
+    FLOAT32_BUFFERS = ("timesteps",)
+
     def __init__(self, timesteps, scale, zero_point):
         super().__init__()
         self.register_buffer("timesteps", timesteps.detach().float().reshape(-1).contiguous())
