@@ -156,6 +156,29 @@ def test_qalora_layers_export_their_merged_codes(tmp_path):
         lower(net)
 
 
+def test_smoothquant_timestep_tables_export(tmp_path):
+    """w8a8-smoothquant-timestep: the smoothing divisor and a Gather-indexed symmetric table per Linear; ORT
+    equals PyTorch at every calibrated step, and TensorRT's parser has nothing to refuse."""
+    net = build_config("dit")
+    sig, res = signature_of(net), net.config.sample_size
+    trtq.quantize(net, "w8a8-smoothquant-timestep", _calib(sig, res))
+    tables = dict(table_quantizers(net))
+    assert tables and all(q.zero_point is None for q in tables.values())
+    out = export_onnx(net, tmp_path / "onnx", _inputs(sig, 2, res, 500, seed=2), dtype="float32")
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert manifest["timestep_tables"]["timesteps"] == sorted(STEPS)
+    assert manifest["tensorrt"]["blockers"] == []
+    sess = _session(out / "model.onnx")
+    for t in STEPS:
+        x = _inputs(sig, 2, res, t, seed=5)
+        with torch.no_grad():
+            ref = DenoiserWrapper(net, sig)(*x.values()).numpy()
+        got = sess.run(None, {k: v.numpy() for k, v in x.items()})[0]
+        # Symmetric tables: the codes are PyTorch's (measured 1.5e-7); the bound leaves room for a code that
+        # float summation order moves across a rounding tie, not for a wrong row or a missing divisor.
+        assert _rel(got, ref) < 1e-3, (t, _rel(got, ref))
+
+
 def test_soft_adaround_is_refused(tmp_path):
     net, sig, res = _tfmq("dit")
     name, layer = next((n, m) for n, m in net.named_modules() if getattr(m, "round_up", None) is not None)

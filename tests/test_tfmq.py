@@ -287,3 +287,19 @@ def test_brecq_baseline_keeps_mixed_ranges_and_tib_inside_blocks():
 def test_bad_method_args_are_refused():
     with pytest.raises(TrtqError, match="fsc must be"):
         quantize(tiny_dit(), tiny_recipe(fsc="some"), dit_calib_loop())
+
+
+def test_table_sections_keep_the_main_table(tmp_path):
+    """`--section NAME` writes its own block (appended once, replaced when re-run); the main table and the
+    prose around both stay as they were."""
+    from trtq.eval.tables.tfmq import write_doc
+
+    doc = tmp_path / "tfmq.md"
+    write_doc(doc, "main table", "cmd main")
+    doc.write_text("# TFMQ\n\nprose before\n\n" + doc.read_text().split("\n", 2)[2] + "\nprose after\n")
+    write_doc(doc, "longer run v1", "cmd longer", section="longer")
+    write_doc(doc, "longer run v2", "cmd longer", section="longer")
+    text = doc.read_text()
+    assert text.count("<!-- tfmq-table:longer:begin -->") == 1 and "longer run v2" in text and "v1" not in text
+    assert "main table" in text and "prose before" in text and "prose after" in text
+    assert text.index("<!-- tfmq-table:end -->") < text.index("<!-- tfmq-table:longer:begin -->")

@@ -107,7 +107,86 @@ def test_smoothquant_artifact_round_trip(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
-@pytest.mark.parametrize("recipe", ["w8a8-dynamic", "w8a8-fp8", "w8a8-smoothquant"])
+class _Timed(nn.Module):
+    """_Tiny with a timestep argument whose value scales the input (ranges that move with t, as adaLN's do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _Tiny()
+
+    def forward(self, x, timestep):
+        return self.net(x * (1 + timestep.reshape(-1, 1, 1) / 250))
+
+
+def _timed_calib(data, steps=(999, 500, 1)):
+    def loop(model):
+        for i, t in enumerate(steps):
+            batch = data[16 * i:16 * (i + 1)]
+            model(batch, torch.full((len(batch),), float(t)))
+    return loop
+
+
+def test_smoothquant_per_timestep_tables(tmp_path):
+    """per_timestep: every smoothed Linear gets one scale per calibrated timestep, the scales follow each step's
+    range, an uncalibrated step is refused, and an artifact brings the tables back bit for bit."""
+    from trtq.nn.timestep import TimestepTensorQuantizer, table_quantizers
+
+    data = _outlier_inputs(48, seed=8)
+    model = quantize(_Timed().eval(), "w8a8-smoothquant-timestep", _timed_calib(data))
+    tables = dict(table_quantizers(model))
+    assert sorted(n.rpartition(".")[0] for n in tables) == ["net.fc1", "net.fc2"]
+    fc1 = model.net.fc1.input_quantizer
+    assert isinstance(fc1, TimestepTensorQuantizer) and fc1.timesteps.tolist() == [1.0, 500.0, 999.0]
+    # The inputs at t=999 are ~4.4x those at t=1 (after the same smoothing): so is the scale.
+    assert fc1.scale[2] / fc1.scale[0] > 3
+    x, t = _outlier_inputs(4, seed=9), torch.full((4,), 500.0)
+    with pytest.raises(TrtqError, match="250 were not calibrated"):
+        model(x, torch.full((4,), 250.0))
+    save_artifact(model, tmp_path / "art", model_name="tiny")
+    loaded = load_artifact(_Timed().eval(), tmp_path / "art")
+    assert torch.equal(loaded.net.fc1.input_quantizer.scale, fc1.scale)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), model(x, t))
+    # One table scale per step beats one scale for every step on inputs whose range moves with t.
+    static = quantize(_Timed().eval(), "w8a8-smoothquant", _timed_calib(data))
+    float_model = _Timed().eval()
+    test = _outlier_inputs(16, seed=10)
+    with torch.no_grad():
+        t1 = torch.full((16,), 1.0)
+        ref = float_model(test, t1)
+        assert (model(test, t1) - ref).pow(2).mean() < 0.5 * (static(test, t1) - ref).pow(2).mean()
+
+
+def test_failed_per_timestep_quantization_leaves_no_router():
+    """The method installs the timestep router before calibration; a calibration that fails must take it off
+    the float model again (with the float layers)."""
+    data = _outlier_inputs(48, seed=8)
+    calls = []
+
+    def loop(model):
+        calls.append(1)
+        if len(calls) == 2:  # the method's pass succeeds; the calibration pass fails
+            raise RuntimeError("calibration data went away")
+        _timed_calib(data)(model)
+
+    model = _Timed().eval()
+    with pytest.raises(RuntimeError, match="went away"):
+        quantize(model, "w8a8-smoothquant-timestep", loop)
+    assert isinstance(model.net.fc1, nn.Linear) and not isinstance(model.net.fc1, SmoothQuantLinear)
+    assert "trtq_timestep_router" not in model.__dict__
+    assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+def test_smoothquant_per_timestep_bad_args():
+    base = get_recipe("w8a8-smoothquant-timestep").to_dict()
+    data = _outlier_inputs(48, seed=8)
+    for bad, match in (({"per_timestep": "yes"}, "per_timestep"), ({"on_unknown": "guess"}, "on_unknown")):
+        with pytest.raises(TrtqError, match=match):
+            quantize(_Timed().eval(), Recipe.from_dict({**base, "method_args": {**base["method_args"], **bad}}),
+                     _timed_calib(data))
+
+
+@pytest.mark.parametrize("recipe", ["w8a8-dynamic", "w8a8-fp8", "w8a8-smoothquant", "w8a8-smoothquant-timestep"])
 def test_recipes_keep_nothing_float(recipe):
     r = get_recipe(recipe)
     assert r.keep_float == ()

@@ -75,9 +75,11 @@ def _name_quantizers(model: nn.Module, layer_name: str) -> None:
 def restore(model: nn.Module, originals: dict[str, nn.Module]) -> None:
     """Put the float layers returned by `prepare` back (used to leave a model untouched on failure)."""
     from trtq.artifact import FLOAT_FINGERPRINT
+    from trtq.nn.timestep import unroute_timesteps
 
     for name, module in originals.items():
         _set_submodule(model, name, module)
+    unroute_timesteps(model)  # a method that made timestep tables installed a router on the model
     for attr in ("trtq_recipe", FLOAT_FINGERPRINT):
         model.__dict__.pop(attr, None)
 

@@ -27,15 +27,19 @@ from trtq.errors import TrtqError
 from trtq.methods import register_method
 from trtq.nn import QuantLinear, quantizers
 from trtq.nn.modules import register_layer_kind
+from trtq.nn.timestep import ON_UNKNOWN, TimestepTableConfig, route_timesteps, use_timestep_table
 from trtq.quantizer import fake_quantize, qparams_from_range
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 ROWS_PER_LAYER = 4096  # captured input rows per layer for the α search (seeded subsample)
-DEFAULTS = {"alpha": "search", "seed": 0}
+DEFAULTS = {"alpha": "search", "per_timestep": False, "on_unknown": "error", "seed": 0}
 
 
-class SmoothQuantLinear(QuantLinear):
-    """y = Q(x / s) · Q(W diag(s))ᵀ + b with a per-input-channel `smooth_scale` s (ones until smoothed)."""
+class SmoothQuantLinear(TimestepTableConfig, QuantLinear):
+    """y = Q(x / s) · Q(W diag(s))ᵀ + b with a per-input-channel `smooth_scale` s (ones until smoothed).
+
+    The input quantizer is one static scale, or (method_args per_timestep) a table of scales indexed by the
+    denoiser's timestep (`trtq.nn.timestep`), which the artifact's per-layer config records."""
 
     @classmethod
     def check_args(cls, weight, input, **layer_args) -> None:
@@ -83,6 +87,10 @@ def _args(method_args: dict) -> dict:
     a = args["alpha"]
     if a != "search" and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1):
         raise TrtqError(f"smoothquant alpha must be 'search' or a number in [0, 1], got {a!r}")
+    if not isinstance(args["per_timestep"], bool):
+        raise TrtqError(f"smoothquant per_timestep must be true or false, got {args['per_timestep']!r}")
+    if args["on_unknown"] not in ON_UNKNOWN:
+        raise TrtqError(f"smoothquant on_unknown must be one of {ON_UNKNOWN}, got {args['on_unknown']!r}")
     return args
 
 
@@ -166,5 +174,11 @@ def smooth_layers(model: nn.Module, recipe, calib_loop=None) -> dict:
                 best_alpha, best_s, best_err = alpha, s, err
         layer.set_smoothing(best_s)
         chosen[name] = best_alpha
+    if args["per_timestep"]:
+        # The ranges left after smoothing still move with the timestep (the adaLN modulation is a function
+        # of t): one scale per calibrated timestep, filled by `trtq.quantize.calibrate` like any static scale.
+        for layer in layers.values():
+            use_timestep_table(layer, args["on_unknown"])
+        route_timesteps(model)
     model.trtq_smoothquant_alphas = chosen  # for reports: None = smoothing did not help that layer
     return chosen

@@ -31,6 +31,7 @@ from trtq.recipes import Recipe, get_recipe
 
 BEGIN, END = "<!-- tfmq-table:begin -->", "<!-- tfmq-table:end -->"
 MODELS = ("digits-unet", "digits-dit")
+BITS = ("w4a8", "w8a8")
 # (bits, row label, recipe name; "*-minmax-tfmq" and "w8a8-brecq" are variants built below)
 ROWS = [
     ("w4a8", "min-max", "w4a8-minmax-tfmq"),
@@ -151,8 +152,12 @@ def markdown_table(parts: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: Path, table: str, command: str) -> None:
-    write_generated_block(path, table, command, BEGIN, END, "TFMQ-DM on the zoo models")
+def write_doc(path: Path, table: str, command: str, section: str | None = None) -> None:
+    begin, end = (BEGIN, END) if section is None else (f"<!-- tfmq-table:{section}:begin -->",
+                                                       f"<!-- tfmq-table:{section}:end -->")
+    if section is not None and path.is_file() and begin not in path.read_text():
+        path.write_text(path.read_text().rstrip("\n") + f"\n\n{begin}\n{end}\n")  # a new block at the end
+    write_generated_block(path, table, command, begin, end, "TFMQ-DM on the zoo models")
 
 
 def main(argv=None) -> None:
@@ -167,7 +172,11 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=None, help="where --part writes its slice")
     p.add_argument("--rows", default=None, help="with --part: only these recipes (comma-separated)")
     p.add_argument("--assemble", nargs="+", default=None, help="slices (JSON) to assemble into --out")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models of a whole run")
+    p.add_argument("--bits", nargs="+", default=list(BITS), choices=BITS, help="bit widths of a whole run")
     p.add_argument("--out", default="docs/tfmq.md")
+    p.add_argument("--section", default=None,
+                   help="a named generated block of --out (and its own JSON) instead of the main table")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -183,16 +192,22 @@ def main(argv=None) -> None:
     if args.assemble:
         parts = merge([json.loads(Path(f).read_text()) for f in args.assemble])
     else:
-        parts = [run(m, b) for m in MODELS for b in ("w4a8", "w8a8")]
+        parts = [run(m, b) for m in args.models for b in args.bits]
     p0 = parts[0]
+    models = [m for m in MODELS if any(p["model"] == m for p in parts)]
+    bits = [b for b in BITS if any(p["bits"] == b for p in parts)]
     command = "python -m trtq.eval.tables.tfmq " + " ".join(
         a for a in (f"--samples {p0['samples']}", f"--steps {p0['steps']}", f"--calib-samples {p0['calib_samples']}",
                     f"--iters {p0['iters']}" if p0["iters"] else "", f"--threads {args.threads}" if args.threads else "",
-                    f"--tiar-iters {p0['tiar_iters']}" if p0["tiar_iters"] else "", f"--out {args.out}") if a)
+                    f"--tiar-iters {p0['tiar_iters']}" if p0["tiar_iters"] else "",
+                    f"--models {' '.join(models)}" if models != list(MODELS) else "",
+                    f"--bits {' '.join(bits)}" if bits != list(BITS) else "",
+                    f"--out {args.out}", f"--section {args.section}" if args.section else "") if a)
     out = Path(args.out)
-    write_doc(out, markdown_table(parts), command)
-    out.with_suffix(".json").write_text(json.dumps(parts, indent=2) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.json')}")
+    data = out.with_name(f"{out.stem}-{args.section}.json") if args.section else out.with_suffix(".json")
+    write_doc(out, markdown_table(parts), command, args.section)
+    data.write_text(json.dumps(parts, indent=2) + "\n")
+    print(f"wrote {out} and {data}")
 
 
 if __name__ == "__main__":
