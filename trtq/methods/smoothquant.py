@@ -15,6 +15,11 @@ pointwise kernel. Where the preceding op is linear per channel (the adaLN modula
 qkv and fc1, the value projection in front of the attention output) 1/s can instead be folded into that
 op's weights offline; GELU in front of fc2 cannot fold, so the explicit multiply is the one form that
 covers every layer, and it is the form the artifact records.
+
+`method_args`: alpha ("search" or a number in [0, 1]); per_timestep (bool): after smoothing, every smoothed
+Linear's input scale becomes a table with one scale per calibrated timestep (`trtq.nn.timestep`; the recipe
+w8a8-smoothquant-timestep), since the DiT's adaLN-modulated inputs move with t even after smoothing;
+on_unknown ("error" | "nearest") for a timestep that was not calibrated; seed (the α search's row sample).
 """
 
 from __future__ import annotations
