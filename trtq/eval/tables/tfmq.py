@@ -73,8 +73,9 @@ def run_part(model_name: str, bits: str, samples: int, steps: int, calib_samples
     cfg = SamplingConfig(samples=samples, steps=steps, calib_samples=calib_samples, progress=False)
     ev = Evaluator(model, cfg, load_classifier(), load_digits_images(model.sample_size)[0])
     fp = ev.run_fp()
-    rows = [{"bits": bits, "label": "FP32", "recipe": "fp32", "fid": fp["fid"], "accuracy": fp["accuracy"],
-             "psnr_db": None, "seconds": {"sample": fp["seconds"]["sample"]}}]
+    rows = [{"bits": bits, "label": "FP32", "recipe": "fp32", "fid": fp["fid"], "fid_ci": fp["fid_ci"],
+             "accuracy": fp["accuracy"], "accuracy_ci": fp["accuracy_ci"], "psnr_db": None,
+             "seconds": {"sample": fp["seconds"]["sample"]}}]
     print(f"[{model_name} {bits}] FP32 FID {fp['fid']:.2f} acc {fp['accuracy']:.3f}", flush=True)
     part = {"model": model_name, "bits": bits, "samples": samples, "steps": steps, "calib_samples": calib_samples,
             "iters": iters, "tiar_iters": tiar_iters, "date": _dt.date.today().isoformat(),
@@ -126,27 +127,39 @@ def _cell(v, spec):
     return "—" if v is None else format(v, spec)
 
 
+def _with_ci(row, key, spec):
+    """value [lo, hi] when the row has its 95% interval (slices measured before intervals existed have none)."""
+    v, ci = row.get(key), row.get(f"{key}_ci")
+    if v is None:
+        return "—"
+    return format(v, spec) if not ci else f"{format(v, spec)} [{format(ci[0], spec)}, {format(ci[1], spec)}]"
+
+
 def markdown_table(parts: list[dict]) -> str:
     p0 = parts[0]
     lines = [f"{p0['samples']} samples per row, {p0['steps']} DDIM steps (trailing), guidance 2.0; calibration "
              f"{p0['calib_samples']} labels × 2 (classifier-free guidance) × {p0['steps']} steps of the float "
              f"model's own trajectories; reconstruction {p0['iters'] or 'recipe default'} Adam iterations per "
              f"block, {p0['tiar_iters'] or 'recipe default'} for the TIB. {p0['machine']}, torch {p0['torch']}, "
-             f"{p0['date']}. Peak memory: increase of the process's resident memory during the method (CPU).", ""]
+             f"{p0['date']}. Peak memory: increase of the process's resident memory during the method (CPU). "
+             "Brackets: 95% bootstrap intervals over the samples; ΔFID is the paired difference to FP (same noise "
+             "and labels), the interval that separates two rows.", ""]
     for model in MODELS:
         mine = [p for p in parts if p["model"] == model]
         if not mine:
             continue
         lines += [f"**{model}**", "",
-                  "| bits | configuration | recipe | digits-FID ↓ | vs FP | PSNR vs FP (dB) ↑ | accuracy ↑ | "
-                  "calibration (s) | peak memory (MiB) |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| bits | configuration | recipe | digits-FID ↓ [95% CI] | vs FP | ΔFID vs FP [95% CI] | "
+                  "PSNR vs FP (dB) ↑ | accuracy ↑ [95% CI] | calibration (s) | peak memory (MiB) |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for p in sorted(mine, key=lambda p: p["bits"]):
             fp = p["rows"][0]
             for r in p["rows"]:
-                rel = "" if r["recipe"] == "fp32" else f"{(r['fid'] / fp['fid'] - 1):+.1%}"
-                lines.append(f"| {p['bits'].upper()} | {r['label']} | {r['recipe']} | {r['fid']:.2f} | {rel} | "
-                             f"{_cell(r['psnr_db'], '.2f')} | {r['accuracy']:.1%} | "
+                is_fp = r["recipe"] == "fp32"
+                rel = "" if is_fp else f"{(r['fid'] / fp['fid'] - 1):+.1%}"
+                lines.append(f"| {p['bits'].upper()} | {r['label']} | {r['recipe']} | {_with_ci(r, 'fid', '.2f')} | "
+                             f"{rel} | {'' if is_fp else _with_ci(r, 'fid_delta', '+.2f')} | "
+                             f"{_cell(r['psnr_db'], '.2f')} | {_with_ci(r, 'accuracy', '.1%')} | "
                              f"{_cell(r['seconds'].get('quantize'), '.0f')} | {_cell(r.get('peak_memory_mib'), '.0f')} |")
         lines.append("")
     return "\n".join(lines)
