@@ -340,6 +340,10 @@ def _zero_point(bits: int) -> Callable[[torch.Tensor], str | None]:
     return check_values
 
 
+def _finite(t: torch.Tensor) -> str | None:
+    return None if torch.isfinite(t).all() else "NaN or Inf"
+
+
 def _zero_one(t: torch.Tensor) -> str | None:
     return None if ((t == 0) | (t == 1)).all() else "values other than 0 and 1, expected rounding decisions"
 
@@ -444,6 +448,8 @@ def _buffer_spec(layer: nn.Module, mod: nn.Module, bname: str, ref: torch.Tensor
     # A layer kind's own buffers.
     if bname == "round_up":  # AdaRound's learned rounding (TFMQ/BRECQ): 0/1 per weight, absent before learning
         return TensorSpec(torch.float32, tuple(layer.weight.shape), required=False, values=_zero_one)
+    if bname == "bias_correction":  # mean output error per output channel, absent unless the recipe asks
+        return TensorSpec(torch.float32, (layer.weight.shape[0],), required=False, values=_finite)
     if bname == "smooth_scale":  # SmoothQuant's per-input-channel migration factors
         return TensorSpec(ref.dtype, tuple(ref.shape), values=_positive(*TRANSFORM_SCALE_RANGE))
     if bname in ("s_b", "s_g"):

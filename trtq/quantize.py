@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from trtq.bias_correction import correct_biases
 from trtq.errors import TrtqError
 from trtq.methods import METHODS
 from trtq.nn import QUANTIZABLE, TensorQuantizer, is_quantized, quantizers
@@ -127,13 +128,16 @@ def quantize(model: nn.Module, recipe: str | Path | Recipe, calib_loop: CalibLoo
     """
     recipe = get_recipe(recipe)
     if recipe.needs_calibration and calib_loop is None:
-        raise TrtqError(f"recipe {recipe.name!r} has static activation scales: pass calib_loop")
+        why = "static activation scales" if not recipe.bias_correction else "bias correction"
+        raise TrtqError(f"recipe {recipe.name!r} has {why}: pass calib_loop")
     originals = prepare(model, recipe)
     try:
         if recipe.method is not None:
             METHODS[recipe.method](model, recipe, calib_loop)
         if recipe.needs_calibration:
             calibrate(model, calib_loop)
+        if recipe.bias_correction:
+            correct_biases(model, calib_loop)
     except BaseException:
         restore(model, originals)  # nothing half-quantized is left behind
         raise

@@ -127,8 +127,8 @@ def _lower_fake(layer: QuantConv2d | QuantLinear) -> nn.Module:
     if isinstance(layer, QuantConv2d):
         if layer.padding_mode != "zeros":
             raise TrtqError(f"padding_mode {layer.padding_mode!r} has no ONNX Conv equivalent")
-        return twins.QDQConv2d(layer, weight, act, layer.bias)
-    return twins.QDQLinear(weight, act, layer.bias, input_divisor=smooth)
+        return twins.QDQConv2d(layer, weight, act, layer.effective_bias())
+    return twins.QDQLinear(weight, act, layer.effective_bias(), input_divisor=smooth)
 
 
 def _deployed_weight(layer: QuantConv2d | QuantLinear) -> torch.Tensor:

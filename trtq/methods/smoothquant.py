@@ -78,7 +78,8 @@ class SmoothQuantLinear(TimestepTableConfig, QuantLinear):
         return self.weight_quantizer(self.smoothed_weight())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantized_input(x / self.smooth_scale.to(x.dtype)), self.quantized_weight(), self.bias)
+        return F.linear(self.quantized_input(x / self.smooth_scale.to(x.dtype)), self.quantized_weight(),
+                        self.effective_bias())
 
 
 register_layer_kind("smooth", {"Linear": SmoothQuantLinear})

@@ -30,6 +30,8 @@ class _QuantMixin:
 
     input_quantizer: TensorQuantizer | None
     weight_quantizer: TensorQuantizer | None
+    # Whether the kind's forward adds a measured `bias_correction` buffer (`trtq.bias_correction`) to its bias.
+    CORRECTS_BIAS = False
 
     @classmethod
     def check_args(cls, weight: QuantScheme | None, input: QuantScheme | None, **layer_args) -> None:
@@ -63,7 +65,17 @@ class _QuantMixin:
         q.input_quantizer = None if input is None else TensorQuantizer(input, "input")
         if q.weight_quantizer is not None:
             q.weight_quantizer.calibrate_from(q.weight.detach())
+        if cls.CORRECTS_BIAS:
+            q._buffers["bias_correction"] = None  # registered (artifacts carry it once set), empty until then
         return q
+
+    def effective_bias(self) -> torch.Tensor | None:
+        """The bias the layer adds: the float bias plus the per-output-channel `bias_correction` when one was
+        measured (the float bias Parameter itself never changes: the model keeps its fingerprint)."""
+        c = self._buffers.get("bias_correction")
+        if c is None:
+            return self.bias
+        return c.to(self.weight.dtype) if self.bias is None else self.bias + c.to(self.bias.dtype)
 
     def quantized_weight(self) -> torch.Tensor:
         """The fake-quantized weight, computed from `weight` and the calibrated scale at every call: an
@@ -75,13 +87,17 @@ class _QuantMixin:
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
+    CORRECTS_BIAS = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.effective_bias())
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
+    CORRECTS_BIAS = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.effective_bias())
 
 
 # Quantized layer kinds, by the float layer's class name. Methods register theirs (e.g. "winograd").

@@ -43,7 +43,7 @@ RECIPE_SCHEMA = Obj(required={"name": Str(nonempty=True, max_len=200), "rules": 
                     optional={"description": Opt(Str()), "method": Opt(Str(nonempty=True)),
                               "method_args": Opt(Map(AnyValue())), "keep_float": Opt(List(Str(nonempty=True))),
                               "keep_float_roles": Opt(List(Str(nonempty=True), max_len=16)),
-                              "nonfinite": Str(NONFINITE)},
+                              "nonfinite": Str(NONFINITE), "bias_correction": Bool()},
                     desc="a recipe mapping", name="recipe")
 
 
@@ -136,6 +136,9 @@ class Recipe:
     # tensor from the statistics of that quantizer, with a warning).
     nonfinite: str = "error"
     keep_float_roles: tuple[str, ...] = ()
+    # After calibration, measure each quantized layer's mean output error per output channel on the
+    # calibration data and subtract it through a stored `bias_correction` (`trtq.bias_correction`).
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         from trtq.methods import METHODS
@@ -150,13 +153,15 @@ class Recipe:
             raise TrtqError("a recipe needs a name (a non-empty string)")
         if self.nonfinite not in NONFINITE:
             raise TrtqError(f"recipe nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
+        if not isinstance(self.bias_correction, bool):
+            raise TrtqError(f"recipe bias_correction must be true or false, got {self.bias_correction!r}")
         if not self.rules:
             raise TrtqError(f"recipe {self.name!r} has no rules")
         if self.method is not None and self.method not in METHODS:
             raise TrtqError(f"unknown method {self.method!r}; known: {', '.join(METHODS) or 'none'}")
 
     def __hash__(self) -> int:
-        return hash((self.name, self.rules, self.keep_float, self.method, self.keep_float_roles))
+        return hash((self.name, self.rules, self.keep_float, self.method, self.keep_float_roles, self.bias_correction))
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
         """This recipe with method knobs changed, e.g. {"winograd.steps": 50} (CLI: --set winograd.steps=50).
@@ -188,7 +193,7 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return any(r.input is not None and not r.input.dynamic for r in self.rules)
+        return self.bias_correction or any(r.input is not None and not r.input.dynamic for r in self.rules)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "description": self.description, "method": self.method,
@@ -198,6 +203,8 @@ class Recipe:
             d["nonfinite"] = self.nonfinite
         if self.keep_float_roles:
             d["keep_float_roles"] = list(self.keep_float_roles)
+        if self.bias_correction:
+            d["bias_correction"] = True
         return d
 
     @classmethod
@@ -211,7 +218,8 @@ class Recipe:
                        method=data.get("method"), method_args=dict(data.get("method_args") or {}),
                        keep_float=tuple(data.get("keep_float") or ()), rules=rules,
                        keep_float_roles=tuple(data.get("keep_float_roles") or ()),
-                       nonfinite=data.get("nonfinite", "error"))
+                       nonfinite=data.get("nonfinite", "error"),
+                       bias_correction=data.get("bias_correction", False))
         except TrtqError as e:
             raise located(where, path, e) from None
 

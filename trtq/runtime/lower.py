@@ -69,7 +69,9 @@ def int8_gemm_form(layer: nn.Module) -> Int8Linear | None:
     """The Int8Linear (Int8Conv1x1 for a pointwise conv) computing what `layer` computes, or None when its
     kind or schemes are not int8_gemm's."""
     conv = _is_pointwise_conv(layer)
-    if not (type(layer) is QuantLinear or conv) or layer._buffers:  # SmoothQuant etc. carry extra state
+    # SmoothQuant etc. carry extra state; a bias correction only changes the bias the GEMM adds.
+    if not (type(layer) is QuantLinear or conv) or any(
+            b is not None for name, b in layer._buffers.items() if name != "bias_correction"):
         return None
     wq, iq = layer.weight_quantizer, layer.input_quantizer
     if not (_int8_symmetric(wq) and _int8_symmetric(iq)):
@@ -86,7 +88,7 @@ def int8_gemm_form(layer: nn.Module) -> Int8Linear | None:
         return None
     codes = quantize_tensor(layer.weight.detach(), wq.scale, None, ws).codes
     cls = Int8Conv1x1 if conv else Int8Linear
-    return cls(codes.reshape(codes.shape[0], -1), wq.scale.detach().float().reshape(-1), layer.bias, act_scale)
+    return cls(codes.reshape(codes.shape[0], -1), wq.scale.detach().float().reshape(-1), layer.effective_bias(), act_scale)
 
 
 def lower_int8_layers(model: nn.Module) -> tuple[nn.Module, int]:
