@@ -49,6 +49,18 @@ def _calib(sig, res):
     return loop
 
 
+def _step_errors(net, sig, res, out) -> dict:
+    """Relative L2 of the exported graph (ONNX Runtime) against the PyTorch model at each calibrated step."""
+    sess = _session(out / "model.onnx")
+    errs = {}
+    for t in STEPS:
+        x = _inputs(sig, 2, res, t, seed=5)
+        with torch.no_grad():
+            ref = DenoiserWrapper(net, sig)(*x.values()).numpy()
+        errs[t] = _rel(sess.run(None, {k: v.numpy() for k, v in x.items()})[0], ref)
+    return errs
+
+
 def _tfmq(model_name: str, weight_format: str = "int4"):
     net = build_config(model_name)
     sig, res = signature_of(net), net.config.sample_size
@@ -142,13 +154,8 @@ def test_qalora_layers_export_their_merged_codes(tmp_path):
     trtq.quantize(net, Recipe.from_dict(d), _calib(sig, res))
     assert dict(table_quantizers(net))
     out = export_onnx(net, tmp_path / "onnx", _inputs(sig, 2, res, 500, seed=2), dtype="float32")
-    sess = _session(out / "model.onnx")
-    for t in STEPS:
-        x = _inputs(sig, 2, res, t, seed=5)
-        with torch.no_grad():
-            ref = DenoiserWrapper(net, sig)(*x.values()).numpy()
-        got = sess.run(None, {k: v.numpy() for k, v in x.items()})[0]
-        assert _rel(got, ref) < 0.10, (t, _rel(got, ref))
+    for t, err in _step_errors(net, sig, res, out).items():
+        assert err < 0.10, (t, err)
 
     name, layer = next((n, m) for n, m in net.named_modules() if hasattr(m, "weight_codes"))
     layer.adapter = torch.nn.Module()  # an update that was never merged
@@ -168,15 +175,10 @@ def test_smoothquant_timestep_tables_export(tmp_path):
     manifest = __import__("json").loads((out / "manifest.json").read_text())
     assert manifest["timestep_tables"]["timesteps"] == sorted(STEPS)
     assert manifest["tensorrt"]["blockers"] == []
-    sess = _session(out / "model.onnx")
-    for t in STEPS:
-        x = _inputs(sig, 2, res, t, seed=5)
-        with torch.no_grad():
-            ref = DenoiserWrapper(net, sig)(*x.values()).numpy()
-        got = sess.run(None, {k: v.numpy() for k, v in x.items()})[0]
-        # Symmetric tables: the codes are PyTorch's (measured 1.5e-7); the bound leaves room for a code that
-        # float summation order moves across a rounding tie, not for a wrong row or a missing divisor.
-        assert _rel(got, ref) < 1e-3, (t, _rel(got, ref))
+    # Symmetric tables: the codes are PyTorch's (measured 1.5e-7); the bound leaves room for a code that
+    # float summation order moves across a rounding tie, not for a wrong row or a missing divisor.
+    for t, err in _step_errors(net, sig, res, out).items():
+        assert err < 1e-3, (t, err)
 
 
 def test_soft_adaround_is_refused(tmp_path):
