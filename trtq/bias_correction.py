@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from trtq.errors import TrtqError
-from trtq.nn.modules import is_quantized
+from trtq.nn.modules import float_mode, is_quantized
 
 
 class _MeanError:
@@ -39,16 +39,11 @@ class _MeanError:
     def __call__(self, layer: nn.Module, args, out: torch.Tensor) -> None:
         if self.busy:  # the float pass below calls the layer again
             return
-        qs = [q for q in (layer.weight_quantizer, layer.input_quantizer) if q is not None]
-        modes = [q.mode for q in qs]
         self.busy = True
         try:
-            for q in qs:
-                q.mode = "off"
-            ref = layer(*args)
+            with float_mode(layer):
+                ref = layer(*args)
         finally:
-            for q, m in zip(qs, modes):
-                q.mode = m
             self.busy = False
         d = (out - ref).detach().double()
         d = d.transpose(0, 1).reshape(d.shape[1], -1) if d.dim() == 4 else d.reshape(-1, d.shape[-1]).T

@@ -30,7 +30,7 @@ from torch import nn
 
 from trtq.errors import TrtqError
 from trtq.methods import register_method
-from trtq.nn import QuantLinear, quantizers
+from trtq.nn import QuantLinear, float_mode
 from trtq.nn.modules import register_layer_kind
 from trtq.nn.timestep import ON_UNKNOWN, TimestepTableConfig, route_timesteps, use_timestep_table
 from trtq.quantizer import fake_quantize, qparams_from_range
@@ -153,17 +153,12 @@ def smooth_layers(model: nn.Module, recipe, calib_loop=None) -> dict:
         raise TrtqError("smoothquant needs calibration data: pass calib_loop")
     stats = {n: _InputStats(args["seed"] + i) for i, n in enumerate(layers)}
     handles = [m.register_forward_pre_hook(stats[n]) for n, m in layers.items()]
-    modes = {n: q.mode for n, q in quantizers(model)}
-    for _, q in quantizers(model):
-        q.mode = "off"  # float trajectories, and no observer sees unsmoothed inputs
     try:
-        with torch.no_grad():
+        with torch.no_grad(), float_mode(model):  # float trajectories, and no observer sees unsmoothed inputs
             calib_loop(model)
     finally:
         for h in handles:
             h.remove()
-        for n, q in quantizers(model):
-            q.mode = modes[n]
     chosen = {}
     for name, layer in layers.items():
         st = stats[name]

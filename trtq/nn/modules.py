@@ -118,3 +118,21 @@ def quantizers(model: nn.Module):
     for name, mod in model.named_modules():
         if isinstance(mod, TensorQuantizer):
             yield name, mod
+
+
+class float_mode:
+    """Context: every quantizer of the model off (the float model), modes restored after."""
+
+    def __init__(self, model: nn.Module, inputs_only: bool = False):
+        self.model, self.inputs_only = model, inputs_only
+
+    def __enter__(self):
+        self.modes = {n: q.mode for n, q in quantizers(self.model)}
+        for _, q in quantizers(self.model):
+            if not self.inputs_only or q.role == "input":
+                q.mode = "off"
+
+    def __exit__(self, *exc):
+        qs = dict(quantizers(self.model))
+        for n, mode in self.modes.items():
+            qs[n].mode = mode

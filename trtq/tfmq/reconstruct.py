@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trtq.errors import TrtqError
-from trtq.nn import quantizers
+from trtq.nn import float_mode, quantizers
 from trtq.quantizer import expand_scale
 from trtq.tfmq.adaround import LAMBDA, BetaSchedule, hard_rounding, init_logits, rounding_regularizer
 from trtq.tfmq.tib import split_call
@@ -107,24 +107,6 @@ def record_calls(denoiser: nn.Module, calib_loop) -> list[Call]:
     if not calls:
         raise TrtqError("calib_loop never called the denoiser it was given")
     return calls
-
-
-class float_mode:
-    """Context: every quantizer of the model off (the float model), modes restored after."""
-
-    def __init__(self, model: nn.Module, inputs_only: bool = False):
-        self.model, self.inputs_only = model, inputs_only
-
-    def __enter__(self):
-        self.modes = {n: q.mode for n, q in quantizers(self.model)}
-        for _, q in quantizers(self.model):
-            if not self.inputs_only or q.role == "input":
-                q.mode = "off"
-
-    def __exit__(self, *exc):
-        qs = dict(quantizers(self.model))
-        for n, mode in self.modes.items():
-            qs[n].mode = mode
 
 
 # ------------------------------------------------------------------------------------ capture

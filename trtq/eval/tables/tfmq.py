@@ -168,8 +168,6 @@ def markdown_table(parts: list[dict]) -> str:
 def write_doc(path: Path, table: str, command: str, section: str | None = None) -> None:
     begin, end = (BEGIN, END) if section is None else (f"<!-- tfmq-table:{section}:begin -->",
                                                        f"<!-- tfmq-table:{section}:end -->")
-    if section is not None and path.is_file() and begin not in path.read_text():
-        path.write_text(path.read_text().rstrip("\n") + f"\n\n{begin}\n{end}\n")  # a new block at the end
     write_generated_block(path, table, command, begin, end, "TFMQ-DM on the zoo models")
 
 
