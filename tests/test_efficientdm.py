@@ -13,7 +13,7 @@ from torch import nn
 
 from trtq import quantize
 from trtq.artifact import load_artifact, save_artifact
-from trtq.efficientdm.distill import DistillConfig, guided
+from trtq.efficientdm.distill import DistillConfig, DistillStep, StepLossScale, guided
 from trtq.efficientdm.qalora import (
     FullDelta,
     LowRankDelta,
@@ -24,7 +24,7 @@ from trtq.efficientdm.qalora import (
     merge_adapters,
 )
 from trtq.errors import TrtqError
-from trtq.methods.efficientdm import param_groups, parse_args
+from trtq.methods.efficientdm import float_teacher, param_groups, parse_args
 from trtq.nn.fp4_linear import FP4Linear
 from trtq.nn.timestep import (
     TimestepTensorQuantizer,
@@ -255,11 +255,13 @@ def test_distillation_lowers_the_loss_and_moves_weights_and_steps():
     assert not any(isinstance(p, nn.Parameter) and p.requires_grad for p in model.parameters())
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
-    whole = trained_tensors(quantize(TimeToy(), toy_recipe(rounds=3), ToyLoop()))
+@pytest.mark.parametrize("weighting", ["uniform", "relative"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, weighting):
+    whole = trained_tensors(quantize(TimeToy(), toy_recipe(rounds=3, step_weighting=weighting), ToyLoop()))
     ckpt = str(tmp_path / "ckpt")
-    quantize(TimeToy(), toy_recipe(rounds=2, checkpoint=ckpt), ToyLoop())  # "interrupted" after 2 rounds
-    resumed = quantize(TimeToy(), toy_recipe(rounds=3, checkpoint=ckpt), ToyLoop())
+    # "interrupted" after 2 rounds (relative: the per-timestep running means must come back too)
+    quantize(TimeToy(), toy_recipe(rounds=2, checkpoint=ckpt, step_weighting=weighting), ToyLoop())
+    resumed = quantize(TimeToy(), toy_recipe(rounds=3, checkpoint=ckpt, step_weighting=weighting), ToyLoop())
     assert resumed.trtq_efficientdm_stats["resumed_from_round"] == 2
     assert resumed.trtq_efficientdm_stats["iterations"] == 3 * len(STEPS)
     got = trained_tensors(resumed)
@@ -267,7 +269,48 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     for k in whole:
         assert torch.equal(got[k], whole[k]), k
     with pytest.raises(TrtqError, match="another configuration"):
-        quantize(TimeToy(), toy_recipe(rounds=3, lr=0.01, checkpoint=ckpt), ToyLoop())
+        quantize(TimeToy(), toy_recipe(rounds=3, lr=0.01, checkpoint=ckpt, step_weighting=weighting), ToyLoop())
+
+
+def test_relative_step_weighting_divides_each_call_by_its_timesteps_running_mean():
+    scale = StepLossScale(TimeToy(), momentum=0.5)
+    x = torch.zeros(2, 2, 4, 4)
+    call = lambda t, loss: scale.weight((x, torch.full((2,), float(t))), {}, torch.tensor(loss))  # noqa: E731
+    assert call(900, 0.01) == pytest.approx(100.0)  # first call at a timestep: its own loss, weight 1/loss
+    assert call(100, 2.0) == pytest.approx(0.5)     # another timestep keeps its own mean
+    assert call(900, 0.03) == pytest.approx(1 / 0.02)  # 0.5 · 0.01 + 0.5 · 0.03
+    assert scale.weight((x,), {"timestep": torch.tensor(100.0)}, torch.tensor(4.0)) == pytest.approx(1 / 3.0)
+    assert scale.means == {"900": pytest.approx(0.02), "100": pytest.approx(3.0)}
+    with pytest.raises(TrtqError, match="one timestep per denoiser call"):
+        scale.weight((x, torch.tensor([900.0, 100.0])), {}, torch.tensor(1.0))
+
+
+def test_relative_step_weighting_evens_out_the_timesteps_gradients():
+    """Two calls whose MSEs differ 100-fold: uniform weighting hands the large one 100x the gradient,
+    relative weighting the same (each call's first loss is its running mean)."""
+    def grad_norms(weighting):
+        model = quantize(TimeToy(), toy_recipe(rounds=0), ToyLoop())
+        teacher = float_teacher(model)
+        adapters = attach_adapters(model, "lora", 2)
+        params = [p for a in adapters.values() for p in a.parameters()]
+        for a in adapters.values():
+            nonzero_b(a)
+        cfg = DistillConfig(step_weighting=weighting)
+        sink = []
+        step = DistillStep(model, teacher, torch.optim.SGD(params, lr=0.0), [], cfg, sink.append,
+                           StepLossScale(model) if weighting == "relative" else None)
+        norms = []
+        for t, amp in ((900, 10.0), (100, 1.0)):  # the first call's input is 10x larger: ~100x the MSE
+            x = amp * torch.randn(4, 2, 6, 6, generator=torch.Generator().manual_seed(t))
+            step(x, torch.full((4,), float(t)))
+            norms.append(sum(float(p.grad.square().sum()) for p in params if p.grad is not None) ** 0.5)
+        return sink, norms
+    losses, uniform = grad_norms("uniform")
+    assert losses[0] > 30 * losses[1]
+    _, relative = grad_norms("relative")
+    assert uniform[0] / uniform[1] > 10 * (relative[0] / relative[1])
+    # exactly: each call's gradient divided by its own loss (its running mean after one call)
+    assert relative[0] / relative[1] == pytest.approx(uniform[0] / uniform[1] / (losses[0] / losses[1]), rel=1e-4)
 
 
 def test_artifact_round_trip_holds_merged_weights_and_no_lora(tmp_path):
@@ -333,6 +376,8 @@ def test_guided_loss_and_bad_arguments():
         parse_args({"adapter": "dora"})
     with pytest.raises(TrtqError, match="cfg_order"):
         DistillConfig(cfg_order="x").check()
+    with pytest.raises(TrtqError, match="step_weighting"):
+        DistillConfig(step_weighting="snr").check()
     with pytest.raises(TrtqError, match="calib_loop"):
         quantize(TimeToy(), toy_recipe(), None)
 

@@ -8,6 +8,12 @@ model's. The sampler is the caller's (`trtq`'s calib_loop convention): a round i
 a `round(denoiser, r)` method draws round r's noise and labels from seed r (`DigitsDistillLoop`), a plain
 `loop(denoiser)` replays its own data each round.
 
+The MSE is by default one average over every call (EfficientDM's loss). Its scale differs by an order of
+magnitude between timesteps (a UNet's noise prediction errs most near t = 0), so the optimizer spends the
+shared weights on the low-noise steps and can give up the high-noise ones, which decide the image's shape
+and class. `step_weighting: relative` divides each call's MSE by a running mean of that timestep's own MSE
+(`StepLossScale`): every timestep weighs alike, in relative terms. The running means are checkpointed.
+
 Checkpoints are written every `checkpoint_every` rounds: the trainable tensors and the optimizer state in
 safetensors, the round reached and the configuration in JSON (no pickle). A run given the same checkpoint
 directory resumes after its last round; with per-round seeds the result equals an uninterrupted run.
@@ -33,6 +39,7 @@ from trtq.errors import TrtqError
 CHECKPOINT_TENSORS = "distill.safetensors"
 CHECKPOINT_META = "distill.json"
 CFG_ORDERS = ("cond_uncond", "uncond_cond")
+STEP_WEIGHTINGS = ("uniform", "relative")
 MIN_STEP = 1e-8  # learned step sizes stay positive
 
 
@@ -45,6 +52,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     guidance: float | None = None  # loss on uncond + g·(cond - uncond) of CFG batches; None: on every output
     cfg_order: str = "cond_uncond"  # how a CFG batch is laid out (the zoo: cond first; diffusers: uncond first)
+    step_weighting: str = "uniform"  # "relative": each call's MSE over its timestep's running mean MSE
     checkpoint: str | None = None
     checkpoint_every: int = 1
     progress: bool = True
@@ -62,6 +70,8 @@ class DistillConfig:
             raise TrtqError(f"efficientdm guidance must be a number or null, got {self.guidance!r}")
         if self.cfg_order not in CFG_ORDERS:
             raise TrtqError(f"efficientdm cfg_order must be one of {CFG_ORDERS}, got {self.cfg_order!r}")
+        if self.step_weighting not in STEP_WEIGHTINGS:
+            raise TrtqError(f"efficientdm step_weighting must be one of {STEP_WEIGHTINGS}, got {self.step_weighting!r}")
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 1:
             raise TrtqError(f"efficientdm checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
@@ -86,15 +96,41 @@ def guided(eps: torch.Tensor, scale: float, order: str) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
+class StepLossScale:
+    """Running mean (exponential, `momentum`) of the distillation MSE per timestep, for `step_weighting:
+    relative`. The first call at a timestep starts its mean at that call's loss (weight 1)."""
+
+    def __init__(self, denoiser: nn.Module, momentum: float = 0.9, means: dict | None = None):
+        from trtq.nn.timestep import timestep_position
+
+        self.position, self.momentum = timestep_position(denoiser), momentum
+        self.means: dict[str, float] = dict(means or {})
+
+    def weight(self, args: tuple, kwargs: dict, loss: torch.Tensor) -> float:
+        """1 / the running mean of this call's timestep (updated with `loss` first)."""
+        from trtq.nn.timestep import call_timestep
+
+        t = call_timestep(self.position, args, kwargs).flatten().unique()
+        if t.numel() != 1:
+            raise TrtqError("step_weighting: relative needs one timestep per denoiser call, got "
+                            f"{t.numel()} distinct ones")
+        key, value = format(float(t), "g"), float(loss.detach())
+        prev = self.means.get(key)
+        self.means[key] = value if prev is None else self.momentum * prev + (1 - self.momentum) * value
+        return 1.0 / max(self.means[key], 1e-12)
+
+
 class DistillStep(nn.Module):
     """Stands in for the denoiser in the caller's sampler: one distillation step per call (see the module
     docstring); returns the teacher's output unchanged."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, optimizer: torch.optim.Optimizer,
-                 steps: list[nn.Parameter], cfg: DistillConfig, on_step: Callable[[float], None]):
+                 steps: list[nn.Parameter], cfg: DistillConfig, on_step: Callable[[float], None],
+                 step_scale: StepLossScale | None = None):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.optimizer, self.steps, self.cfg, self.on_step = optimizer, steps, cfg, on_step
+        self.step_scale = step_scale  # set: `step_weighting: relative`
 
     def forward(self, *args, **kwargs):
         with torch.no_grad():
@@ -111,13 +147,14 @@ class DistillStep(nn.Module):
             loss = F.mse_loss(pred, target)
             if not torch.isfinite(loss):
                 raise TrtqError("efficientdm: the distillation loss became NaN/Inf (lower lr / step_lr)")
+            weight = 1.0 if self.step_scale is None else self.step_scale.weight(args, kwargs, loss)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
         self.optimizer.step()
         with torch.no_grad():
             for s in self.steps:
                 s.clamp_(min=MIN_STEP)
-        self.on_step(float(loss))
+        self.on_step(float(loss.detach()))
         return out
 
 
@@ -182,11 +219,12 @@ def distill(student: nn.Module, teacher: nn.Module, loop, param_groups: list[dic
                                                                     "checkpoint_every")},
               **(fingerprint or {})}
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
-    start_round, history = 0, []
+    start_round, history, step_means = 0, [], None
     if ckpt is not None:
         meta = load_checkpoint(ckpt, student, optimizer, config)
         if meta is not None:
-            start_round, history = meta["round"], meta["history"]
+            start_round, history, step_means = meta["round"], meta["history"], meta.get("step_loss_means")
+    step_scale = StepLossScale(student, means=step_means) if cfg.step_weighting == "relative" else None
     losses: list[float] = []
     bar = tqdm(desc="efficientdm", unit="it", disable=not cfg.progress, leave=False)
 
@@ -195,7 +233,7 @@ def distill(student: nn.Module, teacher: nn.Module, loop, param_groups: list[dic
         bar.update(1)
         bar.set_postfix(round=f"{r + 1}/{cfg.rounds}", loss=f"{loss:.3g}")
 
-    step = DistillStep(student, teacher, optimizer, steps, cfg, on_step)
+    step = DistillStep(student, teacher, optimizer, steps, cfg, on_step, step_scale)
     round_fn = getattr(loop, "round", None)
     start, outside = time.perf_counter(), 0.0  # outside: time spent in on_round (evaluations), not training
     r = start_round
@@ -209,7 +247,10 @@ def distill(student: nn.Module, teacher: nn.Module, loop, param_groups: list[dic
             raise TrtqError("efficientdm: the sampling loop never called the denoiser it was given")
         history.append({"round": r, "iterations": len(losses), "loss": sum(losses) / len(losses)})
         if ckpt is not None and ((r + 1) % cfg.checkpoint_every == 0 or r + 1 == cfg.rounds):
-            save_checkpoint(ckpt, student, optimizer, {"round": r + 1, "history": history, "config": config})
+            meta = {"round": r + 1, "history": history, "config": config}
+            if step_scale is not None:
+                meta["step_loss_means"] = step_scale.means
+            save_checkpoint(ckpt, student, optimizer, meta)
         if on_round is not None:
             t0 = time.perf_counter()
             on_round(r + 1, student)

@@ -157,23 +157,32 @@ class _Seen:
         self.seen = seen
 
 
+def timestep_position(denoiser: nn.Module) -> int:
+    """Where `timestep` sits among the positional arguments of the denoiser's forward."""
+    params = list(inspect.signature(denoiser.forward).parameters)
+    if "timestep" not in params:
+        raise TrtqError(f"{type(denoiser).__name__}.forward has no 'timestep' argument to route")
+    return params.index("timestep")
+
+
+def call_timestep(position: int, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The timestep of one denoiser call (keyword or positional at `position`, see `timestep_position`)."""
+    t = kwargs.get("timestep") if "timestep" in kwargs else (args[position] if len(args) > position else None)
+    if t is None:
+        raise TrtqError("the denoiser was called without a timestep; per-timestep scales need it")
+    return torch.as_tensor(t)
+
+
 class TimestepRouter:
     """Hands the denoiser's `timestep` argument to its table quantizers for the duration of one call."""
 
     def __init__(self, denoiser: nn.Module):
         self.timestep: torch.Tensor | None = None
         self.handles: tuple = ()
-        params = list(inspect.signature(denoiser.forward).parameters)
-        if "timestep" not in params:
-            raise TrtqError(f"{type(denoiser).__name__}.forward has no 'timestep' argument to route")
-        self.position = params.index("timestep")
+        self.position = timestep_position(denoiser)
 
     def before(self, module, args, kwargs):
-        t = kwargs.get("timestep") if "timestep" in kwargs else (
-            args[self.position] if len(args) > self.position else None)
-        if t is None:
-            raise TrtqError("the denoiser was called without a timestep; per-timestep scales need it")
-        self.timestep = torch.as_tensor(t)
+        self.timestep = call_timestep(self.position, args, kwargs)
 
     def after(self, module, args, kwargs, output):
         self.timestep = None
