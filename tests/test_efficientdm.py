@@ -407,3 +407,13 @@ def test_distillation_on_cuda_with_autocast_matches_its_merged_model(tmp_path):
     x, t = torch.randn(3, 2, 6, 6, device="cuda"), torch.tensor([100.0, 500.0, 900.0], device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t), model(x, t))
+
+
+def test_drift_table_configurations_parse():
+    from trtq.eval.tables.efficientdm_drift import parse_config
+
+    assert parse_config("uniform=") == ("uniform", {})
+    assert parse_config("rel=efficientdm.step_weighting=relative,efficientdm.lr=0.002") == (
+        "rel", {"efficientdm.step_weighting": "relative", "efficientdm.lr": 0.002})
+    with pytest.raises(SystemExit, match="expected key=value"):
+        parse_config("bad=efficientdm.lr")

@@ -31,12 +31,16 @@ from trtq.eval.metrics import summarize
 from trtq.eval.tables import write_generated_block
 
 BEGIN, END = "<!-- efficientdm-table:begin -->", "<!-- efficientdm-table:end -->"
-# model -> (row label, recipe, rounds: None = --rounds, 0 = the PTQ initialization)
+# model -> (row label, recipe, rounds: None = --rounds, 0 = the PTQ initialization, recipe overrides)
+RELATIVE = {"efficientdm.step_weighting": "relative"}
 ROWS = {
-    "digits-unet": [("PTQ init (min-max/MSE)", "w4a4-efficientdm", 0), ("EfficientDM", "w4a4-efficientdm", None),
-                    ("QAT", "w4a4-qat", None)],
-    "digits-dit": [("PTQ init (HQ-DiT)", "w4a4-fp4-efficientdm", 0), ("EfficientDM", "w4a4-fp4-efficientdm", None),
-                   ("QAT", "w4a4-fp4-qat", None)],
+    "digits-unet": [("PTQ init (min-max/MSE)", "w4a4-efficientdm", 0, {}),
+                    ("EfficientDM", "w4a4-efficientdm", None, {}),
+                    ("EfficientDM, relative step weighting", "w4a4-efficientdm", None, RELATIVE),
+                    ("QAT", "w4a4-qat", None, {})],
+    "digits-dit": [("PTQ init (HQ-DiT)", "w4a4-fp4-efficientdm", 0, {}),
+                   ("EfficientDM", "w4a4-fp4-efficientdm", None, {}),
+                   ("QAT", "w4a4-fp4-qat", None, {})],
 }
 METRICS = ("fid", "fid_ci", "accuracy", "accuracy_ci", "psnr_db", "ssim", "fid_delta", "fid_delta_ci")
 
@@ -79,19 +83,29 @@ def artifact_round_trip(model, denoiser: torch.nn.Module) -> dict:
             "max_abs_diff": float(diff)}
 
 
-def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples: int, curve: set[int],
-            overrides: dict | None = None):
-    """Quantize a fresh copy with the recipe (method on `rounds` rounds), sample, measure; plus curve points."""
+def finetune(model, recipe_name: str, rounds: int, distill_samples: int, steps: int,
+             overrides: dict | None = None, on_round=None) -> torch.nn.Module:
+    """A fresh copy of the zoo model's denoiser quantized with the EfficientDM-family recipe: PTQ init, then
+    `rounds` rounds of data-free distillation (random labels from seed CALIB_SEED + round), merged."""
     from trtq.efficientdm.distill import DigitsDistillLoop
     from trtq.methods import METHODS
     from trtq.quantize import calibrate, prepare
     from trtq.recipes import get_recipe
 
-    cfg = ev.cfg
     recipe = get_recipe(recipe_name).with_overrides({
         "efficientdm.rounds": rounds, "efficientdm.progress": False,
         "efficientdm.guidance": model.guidance_scale, "efficientdm.cfg_order": "cond_uncond", **(overrides or {})})
-    loop = DigitsDistillLoop(model, samples=distill_samples, steps=cfg.steps, seed=CALIB_SEED)
+    loop = DigitsDistillLoop(model, samples=distill_samples, steps=steps, seed=CALIB_SEED)
+    denoiser = copy.deepcopy(model.denoiser).eval()
+    prepare(denoiser, recipe, warn=False)
+    METHODS[recipe.method](denoiser, recipe, loop, on_round=on_round)
+    calibrate(denoiser, loop)
+    return denoiser
+
+
+def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples: int, curve: set[int],
+            overrides: dict | None = None):
+    """Quantize a fresh copy with the recipe (method on `rounds` rounds), sample, measure; plus curve points."""
     points = []
 
     def on_round(done: int, student) -> None:
@@ -101,11 +115,8 @@ def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples
             points.append({"rounds": done, **{k: m[k] for k in ("fid", "fid_ci", "accuracy", "psnr_db")}})
             print(f"  curve: {done} rounds: FID {m['fid']:.2f} acc {m['accuracy']:.3f}", flush=True)
 
-    denoiser = copy.deepcopy(model.denoiser).eval()
     start = time.perf_counter()
-    prepare(denoiser, recipe, warn=False)
-    METHODS[recipe.method](denoiser, recipe, loop, on_round=on_round)
-    calibrate(denoiser, loop)
+    denoiser = finetune(model, recipe_name, rounds, distill_samples, ev.cfg.steps, overrides, on_round)
     stats = denoiser.trtq_efficientdm_stats
     quant_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -134,17 +145,19 @@ def run_part(model_name: str, samples: int, steps: int, rounds: int, distill_sam
     ev = Evaluator(model, cfg, load_classifier(), load_digits_images(model.sample_size)[0])
     fp = ev.run_fp()
     part = {"model": model_name, "samples": samples, "steps": steps, "rounds": rounds,
+            "guidance": model.guidance_scale,
             "distill_samples": distill_samples, "date": _dt.date.today().isoformat(),
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
             "torch": torch.__version__, "curve": [],
             "rows": [{"label": "FP32", "recipe": "fp32", **{k: fp.get(k) for k in METRICS},
                       "seconds": {"sample": fp["seconds"]["sample"]}}]}
     print(f"[{model_name}] FP32 FID {fp['fid']:.2f} acc {fp['accuracy']:.3f}", flush=True)
-    for label, recipe, row_rounds in ROWS[model_name]:
+    for label, recipe, row_rounds, overrides in ROWS[model_name]:
         if only and label not in only and recipe not in only:
             continue
         r = rounds if row_rounds is None else row_rounds
-        row, points = run_row(ev, model, recipe, r, distill_samples, curve if label == "EfficientDM" else set())
+        row, points = run_row(ev, model, recipe, r, distill_samples, curve if label == "EfficientDM" else set(),
+                              overrides)
         part["rows"].append({"label": label, **row})
         if label == "EfficientDM":
             part["curve"] = points
@@ -165,7 +178,7 @@ def merge_parts(parts: list[dict]) -> list[dict]:
             merged[p["model"]]["rows"] += [r for r in p["rows"] if r["recipe"] != "fp32"]
             merged[p["model"]]["curve"] += p["curve"]
     for p in merged.values():
-        order = {label: i for i, (label, _, _) in enumerate(ROWS[p["model"]])}
+        order = {row[0]: i for i, row in enumerate(ROWS[p["model"]])}
         p["rows"].sort(key=lambda r: -1 if r["recipe"] == "fp32" else order[r["label"]])
     return [merged[m] for m in ROWS if m in merged]
 
@@ -186,16 +199,26 @@ def part_command(p: dict, threads: int | None) -> str:
             + (f" --threads {threads}" if threads else ""))
 
 
+def guidance_of(part: dict) -> float:
+    """The guidance scale a slice sampled and distilled with (slices before it was recorded: the zoo's)."""
+    if "guidance" in part:
+        return part["guidance"]
+    from trtq.zoo import load_model
+
+    return load_model(part["model"]).guidance_scale
+
+
 def markdown_table(parts: list[dict]) -> str:
     p0 = parts[0]
-    lines = [f"{p0['samples']} samples per row, {p0['steps']} DDIM steps (trailing), guidance 2.0, 95% bootstrap "
+    lines = [f"{p0['samples']} samples per row, {p0['steps']} DDIM steps (trailing), each model's guidance scale "
+             "(also the distillation loss's), 95% bootstrap "
              f"intervals in brackets. Fine-tuning: rounds × {p0['distill_samples']} random labels (× 2 for "
              f"guidance) × {p0['steps']} steps, one AdamW step per denoiser call (iterations below). "
              f"{p0['machine']}, torch {p0['torch']}, {p0['date']}. Peak memory: increase of the process's resident "
              "memory during the method (CPU).", ""]
     for p in parts:
         fp = p["rows"][0]
-        lines += [f"**{p['model']}** ({p['rounds']} rounds)", "",
+        lines += [f"**{p['model']}** ({p['rounds']} rounds, guidance {guidance_of(p)})", "",
                   "| configuration | recipe | digits-FID ↓ | vs FP | PSNR vs FP (dB) ↑ | accuracy ↑ | "
                   "fine-tuning (s) | "
                   "iterations | peak memory (MiB) | trainable parameters |",
