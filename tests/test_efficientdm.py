@@ -417,3 +417,61 @@ def test_drift_table_configurations_parse():
         "rel", {"efficientdm.step_weighting": "relative", "efficientdm.lr": 0.002})
     with pytest.raises(SystemExit, match="expected key=value"):
         parse_config("bad=efficientdm.lr")
+
+
+def _finetune_far(model: nn.Module, factor: float = -1.6) -> nn.Module:
+    """Merge a full update D = factor · W0 into every adaptable layer: codes of -0.6 W0, ~1.6 (relative L2)
+    from the float weights. Long EfficientDM runs move layers this way (digits-dit after 2000 iterations:
+    one layer 0.54 away, beyond the 0.5 that load_artifact allowed before the manifest recorded it)."""
+    attach_adapters(model, "full")
+    for mod in model.modules():
+        if isinstance(mod, QALoRAFP4Train) or getattr(mod, "adapter", None) is not None:
+            w = mod.layer.weight if isinstance(mod, QALoRAFP4Train) else mod.weight
+            with torch.no_grad():
+                mod.adapter.D.copy_(factor * w)
+    merge_adapters(model)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["qalora", "fp4"])
+def test_fine_tuned_codes_far_from_the_weights_round_trip_and_stay_checked(tmp_path, kind):
+    import json
+
+    if kind == "fp4":
+        fp4 = {"types": ["Linear"], "layer": "fp4", "layer_args": {"group_size": 16},
+               "weight": {"format": "fp4_e2m1", "granularity": "group", "axis": 1, "group_size": 16},
+               "input": {"format": "fp4_e2m1", "granularity": "group", "axis": -1, "group_size": 16,
+                         "dynamic": True}}
+        recipe = Recipe.from_dict({"name": "toy-fp4", "method": "efficientdm", "rules": [fp4], "method_args": {
+            "rank": 2, "rounds": 0, "progress": False, "init": "hqdit", "hqdit": {"gptq": False,
+                                                                                    "select_format": False}}})
+        net, loop, x, t = TokenToy, TokenLoop, torch.randn(2, 3, 32), torch.tensor([100.0, 900.0])
+    else:
+        recipe, net, loop = toy_recipe(rounds=0), TimeToy, ToyLoop
+        x, t = torch.randn(3, 2, 6, 6), torch.tensor([100.0, 500.0, 900.0])
+    model = _finetune_far(quantize(net(), recipe, loop()))
+    save_artifact(model, tmp_path / "art", model_name="toy")
+    manifest_path = tmp_path / "art" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    recorded = {n: e["packed_weight_error"] for n, e in manifest["layers"].items() if "packed_weight_error" in e}
+    assert recorded and all(0.5 < v <= 2.0 for v in recorded.values())  # beyond the plain bound: recorded
+    loaded = load_artifact(net(), tmp_path / "art", model_name="toy")  # float weights released (fp4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), model(x, t), rtol=0, atol=0)
+    save_artifact(loaded, tmp_path / "again", model_name="toy")  # the record survives a released model
+    load_artifact(net(), tmp_path / "again", model_name="toy")
+
+    name = next(iter(recorded))
+    for value, match in ((recorded[name] * 1.1, "fine-tuned weights of"), (5.0, "expected a number"),
+                         ("x", "expected a number"), (None, "do not quantize this model's weights")):
+        edited = json.loads(json.dumps(manifest))
+        if value is None:
+            del edited["layers"][name]["packed_weight_error"]  # without the record: the plain bound
+        else:
+            edited["layers"][name]["packed_weight_error"] = value
+        manifest_path.write_text(json.dumps(edited))
+        fresh = net()
+        before = {k: v.clone() for k, v in fresh.state_dict().items()}
+        with pytest.raises(TrtqError, match=match):
+            load_artifact(fresh, tmp_path / "art", model_name="toy")
+        assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # left as it was

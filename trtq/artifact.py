@@ -54,6 +54,12 @@ TRANSFORM_SCALE_RANGE = (1e-6, 1e6)  # Winograd s_b / s_g (exp of a learned log)
 # 4-bit weights sit ~0.1 (relative L2) from the weights they quantize, clipped/GPTQ'd ones a little more;
 # codes for other weights (or another rotation) sit ~1 away.
 MAX_PACKED_WEIGHT_ERROR = 0.5
+# Stored codes fine-tuned away from the float weights (EfficientDM's merged W0 + B·A) may sit further: the
+# manifest then records the error measured at save time ("packed_weight_error"), and loading requires the
+# same error again (same codes, scales, rotation and float weights), up to this relative tolerance.
+PACKED_WEIGHT_ERROR_RTOL = 1e-3
+MAX_RECORDED_PACKED_WEIGHT_ERROR = 2.0
+PACKED_WEIGHT_ERROR = "packed_weight_error"
 
 _HEX64 = Str(nonempty=True, max_len=64)
 LAYER_SCHEMA = Obj(required={"class": Str(nonempty=True), "config": Map(AnyValue())}, extra=True,
@@ -118,6 +124,11 @@ def save_artifact(model: nn.Module, path: str | Path, model_name: str, extra: di
         if not is_quantized(layer):
             continue
         entry = {"class": type(layer).__name__, "config": layer.artifact_config()}
+        error = _packed_weight_error(layer)
+        if error is None:  # float weights released after loading: what the loaded artifact recorded
+            error = getattr(layer, "trtq_packed_weight_error", None)
+        if error is not None and error > MAX_PACKED_WEIGHT_ERROR:  # fine-tuned codes: see PACKED_WEIGHT_ERROR
+            entry[PACKED_WEIGHT_ERROR] = error
         for qname, q in layer.named_modules():
             if isinstance(q, TensorQuantizer):
                 if not q.calibrated:
@@ -221,7 +232,7 @@ def load_artifact(model: nn.Module, path: str | Path, model_name: str | None = N
             setattr(mod, bname, tensor)
         for layer in quantized.values():
             layer.refresh_weight()  # derived state (e.g. Winograd INT8 weights) from the loaded tensors
-        _check_packed_weights(quantized, path / SCALES)
+        _check_packed_weights(quantized, manifest["layers"], path / SCALES)
         for name, q in quantizers(model):
             q.observer = None
             if not q.calibrated:  # unreachable after expected_layout; kept as the invariant it guards
@@ -253,7 +264,8 @@ def _apply_layer_entries(model: nn.Module, layers: dict, where: str) -> dict[str
         except TrtqError as e:
             raise located(where, f"{at}.config", e) from None
         own = {qn: q for qn, q in layer.named_modules() if isinstance(q, TensorQuantizer)}
-        for qname in sorted(set(entry) - {"class", "config"} - set(own)):
+        _check_recorded_error(entry, where, at)
+        for qname in sorted(set(entry) - {"class", "config", PACKED_WEIGHT_ERROR} - set(own)):
             raise TrtqError(f"{where}: {at}.{qname}: this layer has no such quantizer (it has {sorted(own)})")
         for qname, q in own.items():
             if qname not in entry:
@@ -265,6 +277,16 @@ def _apply_layer_entries(model: nn.Module, layers: dict, where: str) -> dict[str
                                     f"make of this layer ({q.scheme.describe()})")
                 layer.set_submodule(qname, TensorQuantizer(scheme, q.role))
     return quantized
+
+
+def _check_recorded_error(entry: dict, where: str, at: str) -> None:
+    if PACKED_WEIGHT_ERROR not in entry:
+        return
+    v = entry[PACKED_WEIGHT_ERROR]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            or not MAX_PACKED_WEIGHT_ERROR < v <= MAX_RECORDED_PACKED_WEIGHT_ERROR:
+        raise TrtqError(f"{where}: {at}.{PACKED_WEIGHT_ERROR}: expected a number in ({MAX_PACKED_WEIGHT_ERROR}, "
+                        f"{MAX_RECORDED_PACKED_WEIGHT_ERROR}] (the error of fine-tuned codes), got {v!r}")
 
 
 def _same_family(a: QuantScheme, b: QuantScheme) -> bool:
@@ -290,19 +312,34 @@ def _check_config(config: dict, mine: dict, where: str, at: str) -> None:
             raise TrtqError(f"{where}: {at}.{k}: expected {type(ref).__name__} like {ref!r}, got {v!r}")
 
 
-def _check_packed_weights(quantized: dict[str, nn.Module], where: Path) -> None:
+def _packed_weight_error(layer: nn.Module) -> float | None:
+    """Relative L2 distance of a layer's stored low-bit weights from its float weights (in their rotated
+    basis); None for a layer without stored codes, or whose float weights were released."""
+    if not hasattr(layer, "dequantized_weight") or getattr(layer, "weight", None) is None:
+        return None
+    with torch.no_grad():
+        ref = layer.rotated_weight()
+        return ((layer.dequantized_weight().float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _check_packed_weights(quantized: dict[str, nn.Module], layers: dict, where: Path) -> None:
     """Stored low-bit weights must be a quantization of *this* model's weights (in their rotated basis): a
-    missing or edited rotation, or codes packed for other weights, is refused rather than computed with."""
+    missing or edited rotation, or codes packed for other weights, is refused rather than computed with.
+    Codes fine-tuned away from the weights must sit exactly as far from them as when they were saved."""
     for name, layer in quantized.items():
-        if not hasattr(layer, "dequantized_weight"):
+        rel = _packed_weight_error(layer)
+        if rel is None:
             continue
-        with torch.no_grad():
-            ref = layer.rotated_weight()
-            rel = ((layer.dequantized_weight() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-        if not rel <= MAX_PACKED_WEIGHT_ERROR:
+        recorded = layers[name].get(PACKED_WEIGHT_ERROR)
+        if recorded is None and not rel <= MAX_PACKED_WEIGHT_ERROR:
             raise TrtqError(f"artifact tensors {where}: the packed weights of {name} do not quantize this "
                             f"model's weights (relative error {rel:.3g}, expected <= {MAX_PACKED_WEIGHT_ERROR}: "
                             "a rotation or scales that do not belong to them)")
+        if recorded is not None and not math.isclose(rel, recorded, rel_tol=PACKED_WEIGHT_ERROR_RTOL):
+            raise TrtqError(f"artifact tensors {where}: the fine-tuned weights of {name} sit {rel:.6g} (relative "
+                            f"error) from this model's weights, but {recorded:.6g} when they were saved: codes, "
+                            "scales or a rotation that do not belong to them")
+        layer.trtq_packed_weight_error = rel  # kept for a later save_artifact after the float weights go
 
 
 def _owner(quantized: dict[str, nn.Module], key: str) -> tuple[nn.Module, str]:
