@@ -31,16 +31,23 @@ BEGIN, END = "<!-- efficientdm-drift:begin -->", "<!-- efficientdm-drift:end -->
 RECIPES = {"digits-unet": "w4a4-efficientdm", "digits-dit": "w4a4-fp4-efficientdm"}
 
 
-class _Recorder(nn.Module):
-    """Runs `net` and keeps every call's arguments (the float model's trajectory)."""
+def guide_of(model):
+    """The guided noise prediction of a zoo denoiser's output (zoo CFG batches: cond first)."""
+    return lambda out: guided(out.sample, model.guidance_scale, "cond_uncond")
 
-    def __init__(self, net: nn.Module):
+
+class _Recorder(nn.Module):
+    """Runs `net` and keeps every call's arguments and guided prediction (the float model's trajectory,
+    recorded once: the teacher-forced target of every probe)."""
+
+    def __init__(self, net: nn.Module, guide):
         super().__init__()
-        self.net, self.calls = net, []
+        self.net, self.guide, self.calls = net, guide, []
 
     def forward(self, *args, **kwargs):
-        self.calls.append((args, kwargs))
-        return self.net(*args, **kwargs)
+        out = self.net(*args, **kwargs)
+        self.calls.append((args, kwargs, self.guide(out)))
+        return out
 
 
 class _FreeRun(nn.Module):
@@ -57,12 +64,10 @@ class _FreeRun(nn.Module):
 
 
 def probe(ev: Evaluator, fp_calls: list, student: nn.Module) -> dict:
-    model = ev.model
-    guide = lambda out: guided(out.sample, model.guidance_scale, "cond_uncond")  # noqa: E731  (zoo: cond first)
+    guide = guide_of(ev.model)
     with torch.no_grad():
-        forced = [float((guide(student(*a, **k)) - guide(model.denoiser(*a, **k))).square().mean())
-                  for a, k in fp_calls]
-        free = _FreeRun(student, model.denoiser, guide)
+        forced = [float((guide(student(*a, **k)) - target).square().mean()) for a, k, target in fp_calls]
+        free = _FreeRun(student, ev.model.denoiser, guide)
         samples = ev.sample(free)
     m = summarize(samples, ev.fp_samples, ev.labels, ev.classifier, ev.reference)
     return {"forced": forced, "free": [float(e.square().mean()) for e in free.errors],
@@ -144,8 +149,9 @@ def main(argv=None) -> None:
     ev = Evaluator(model, SamplingConfig(samples=args.samples, steps=args.steps, progress=False), load_classifier(),
                    load_digits_images(model.sample_size)[0])
     ev.run_fp()
-    recorder = _Recorder(model.denoiser)
-    ev.sample(recorder)  # the float model's own trajectory (the same noise and labels as ev.fp_samples)
+    recorder = _Recorder(model.denoiser, guide_of(model))
+    with torch.no_grad():
+        ev.sample(recorder)  # the float model's own trajectory (the same noise and labels as ev.fp_samples)
     results = {}
     for name, overrides in configs.items():
         print(f"[{name}] {overrides}", flush=True)
