@@ -13,7 +13,7 @@ from torch import nn
 
 from trtq import quantize
 from trtq.artifact import load_artifact, save_artifact
-from trtq.efficientdm.distill import DistillConfig, DistillStep, StepLossScale, guided
+from trtq.efficientdm.distill import DistillConfig, DistillStep, StepLossScale, guided, lr_factor
 from trtq.efficientdm.qalora import (
     FullDelta,
     LowRankDelta,
@@ -270,6 +270,61 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, weighting):
         assert torch.equal(got[k], whole[k]), k
     with pytest.raises(TrtqError, match="another configuration"):
         quantize(TimeToy(), toy_recipe(rounds=3, lr=0.01, checkpoint=ckpt, step_weighting=weighting), ToyLoop())
+
+
+class FailingLoop(ToyLoop):
+    """ToyLoop that dies in round `fail_at` (an interrupted run)."""
+
+    def __init__(self, fail_at: int):
+        self.fail_at = fail_at
+
+    def round(self, denoiser, r):
+        if r == self.fail_at:
+            raise KeyboardInterrupt
+        super().round(denoiser, r)
+
+
+def test_resume_with_a_learning_rate_schedule_equals_an_uninterrupted_run(tmp_path):
+    args = {"rounds": 3, "warmup": 4, "lr_schedule": "cosine"}
+    whole = trained_tensors(quantize(TimeToy(), toy_recipe(**args), ToyLoop()))
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):  # the same run, killed in its last round
+        quantize(TimeToy(), toy_recipe(**args, checkpoint=ckpt), FailingLoop(fail_at=2))
+    resumed = quantize(TimeToy(), toy_recipe(**args, checkpoint=ckpt), ToyLoop())
+    assert resumed.trtq_efficientdm_stats["resumed_from_round"] == 2
+    got = trained_tensors(resumed)
+    for k in whole:
+        assert torch.equal(got[k], whole[k]), k
+    # the cosine depends on the round count: a longer run is another schedule, not a continuation
+    with pytest.raises(TrtqError, match="another configuration"):
+        quantize(TimeToy(), toy_recipe(**{**args, "rounds": 4}, checkpoint=ckpt), ToyLoop())
+
+
+def test_lr_schedule_warms_up_per_step_and_decays_per_round(monkeypatch):
+    cfg = DistillConfig(rounds=4, warmup=5, lr_schedule="cosine")
+    assert [lr_factor(cfg, i, 0) for i in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    assert [lr_factor(cfg, 10, r) for r in range(4)] == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
+    assert lr_factor(DistillConfig(), 0, 3) == 1.0
+    # the rates the optimizer actually steps with: every group's own rate times the factor
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def recording_step(self, *a, **k):
+        seen.append([(g["lr"], g["base_lr"]) for g in self.param_groups])
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    quantize(TimeToy(), toy_recipe(rounds=4, warmup=5, lr_schedule="cosine"), ToyLoop())
+    assert len(seen) == 4 * len(STEPS)
+    assert len({b for groups in seen for _, b in groups}) > 1  # several base rates (scale-aware + steps)
+    for i, groups in enumerate(seen):
+        f = lr_factor(cfg, i, i // len(STEPS))
+        for lr, base in groups:
+            assert lr == pytest.approx(base * f, rel=1e-12)
+    with pytest.raises(TrtqError, match="lr_schedule"):
+        DistillConfig(lr_schedule="step").check()
+    with pytest.raises(TrtqError, match="warmup"):
+        DistillConfig(warmup=-1).check()
 
 
 def test_relative_step_weighting_divides_each_call_by_its_timesteps_running_mean():

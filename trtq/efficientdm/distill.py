@@ -14,6 +14,10 @@ low-noise steps dominate the gradient of the shared weights. `step_weighting: re
 MSE by a running mean of that timestep's own MSE (`StepLossScale`): every timestep weighs alike, in relative
 terms. The running means are checkpointed. What it changes on the zoo models: docs/efficientdm.md.
 
+The learning rates are constant by default (EfficientDM's recipe). `warmup` (optimizer steps, linear) and
+`lr_schedule: cosine` (per round, down to ~0 in the last round) scale every group's rate alike (`lr_factor`);
+the factor is a function of the step and round counts alone, so a resumed run follows the same schedule.
+
 Checkpoints are written every `checkpoint_every` rounds: the trainable tensors and the optimizer state in
 safetensors, the round reached and the configuration in JSON (no pickle). A run given the same checkpoint
 directory resumes after its last round; with per-round seeds the result equals an uninterrupted run.
@@ -40,6 +44,7 @@ CHECKPOINT_TENSORS = "distill.safetensors"
 CHECKPOINT_META = "distill.json"
 CFG_ORDERS = ("cond_uncond", "uncond_cond")
 STEP_WEIGHTINGS = ("uniform", "relative")
+LR_SCHEDULES = ("constant", "cosine")
 MIN_STEP = 1e-8  # learned step sizes stay positive
 
 
@@ -53,6 +58,8 @@ class DistillConfig:
     guidance: float | None = None  # loss on uncond + g·(cond - uncond) of CFG batches; None: on every output
     cfg_order: str = "cond_uncond"  # how a CFG batch is laid out (the zoo: cond first; diffusers: uncond first)
     step_weighting: str = "uniform"  # "relative": each call's MSE over its timestep's running mean MSE
+    lr_schedule: str = "constant"  # "cosine": every rate falls by half a cosine from its value to ~0 over the rounds
+    warmup: int = 0  # optimizer steps over which every rate rises linearly from ~0 to its value
     checkpoint: str | None = None
     checkpoint_every: int = 1
     progress: bool = True
@@ -72,6 +79,10 @@ class DistillConfig:
             raise TrtqError(f"efficientdm cfg_order must be one of {CFG_ORDERS}, got {self.cfg_order!r}")
         if self.step_weighting not in STEP_WEIGHTINGS:
             raise TrtqError(f"efficientdm step_weighting must be one of {STEP_WEIGHTINGS}, got {self.step_weighting!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrtqError(f"efficientdm lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise TrtqError(f"efficientdm warmup must be an integer >= 0 (optimizer steps), got {self.warmup!r}")
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 1:
             raise TrtqError(f"efficientdm checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
@@ -94,6 +105,17 @@ def guided(eps: torch.Tensor, scale: float, order: str) -> torch.Tensor:
     first, second = eps.float().chunk(2)
     cond, uncond = (first, second) if order == "cond_uncond" else (second, first)
     return uncond + scale * (cond - uncond)
+
+
+def lr_factor(cfg: DistillConfig, iteration: int, r: int) -> float:
+    """Multiplier of every learning rate at optimizer step `iteration` (0-based, counted over the whole run,
+    resumed runs included) in round `r`. Warm-up is per step: Adam's first updates move every parameter by
+    about the full rate whatever its gradient, which on a fresh LoRA update B = 0 is a large jump. The cosine
+    is per round (constant within a round), so it depends on nothing but the round count."""
+    f = min(1.0, (iteration + 1) / cfg.warmup) if cfg.warmup else 1.0
+    if cfg.lr_schedule == "cosine":
+        f *= 0.5 * (1.0 + math.cos(math.pi * r / max(cfg.rounds, 1)))
+    return f
 
 
 class StepLossScale:
@@ -126,11 +148,12 @@ class DistillStep(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, optimizer: torch.optim.Optimizer,
                  steps: list[nn.Parameter], cfg: DistillConfig, on_step: Callable[[float], None],
-                 step_scale: StepLossScale | None = None):
+                 step_scale: StepLossScale | None = None, lr_scale: Callable[[], float] | None = None):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.optimizer, self.steps, self.cfg, self.on_step = optimizer, steps, cfg, on_step
         self.step_scale = step_scale  # set: `step_weighting: relative`
+        self.lr_scale = lr_scale  # set: the multiplier of each group's `base_lr` for the coming step
 
     def forward(self, *args, **kwargs):
         with torch.no_grad():
@@ -150,6 +173,10 @@ class DistillStep(nn.Module):
             weight = 1.0 if self.step_scale is None else self.step_scale.weight(args, kwargs, loss)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()
+        if self.lr_scale is not None:
+            f = self.lr_scale()
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * f
         self.optimizer.step()
         with torch.no_grad():
             for s in self.steps:
@@ -215,9 +242,13 @@ def distill(student: nn.Module, teacher: nn.Module, loop, param_groups: list[dic
     not counted in the returned seconds)."""
     cfg.check()
     optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
     config = {**{k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "progress", "rounds",
                                                                     "checkpoint_every")},
               **(fingerprint or {})}
+    if cfg.lr_schedule != "constant":  # the schedule depends on the round count: a resumed run must share it
+        config["schedule_rounds"] = cfg.rounds
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     start_round, history, step_means = 0, [], None
     if ckpt is not None:
@@ -228,12 +259,18 @@ def distill(student: nn.Module, teacher: nn.Module, loop, param_groups: list[dic
     losses: list[float] = []
     bar = tqdm(desc="efficientdm", unit="it", disable=not cfg.progress, leave=False)
 
+    done = sum(h["iterations"] for h in history)  # optimizer steps before this round
+
+    def lr_scale() -> float:
+        return lr_factor(cfg, done + len(losses), r)
+
     def on_step(loss: float) -> None:
         losses.append(loss)
         bar.update(1)
         bar.set_postfix(round=f"{r + 1}/{cfg.rounds}", loss=f"{loss:.3g}")
 
-    step = DistillStep(student, teacher, optimizer, steps, cfg, on_step, step_scale)
+    scheduled = cfg.warmup > 0 or cfg.lr_schedule != "constant"
+    step = DistillStep(student, teacher, optimizer, steps, cfg, on_step, step_scale, lr_scale if scheduled else None)
     round_fn = getattr(loop, "round", None)
     start, outside = time.perf_counter(), 0.0  # outside: time spent in on_round (evaluations), not training
     r = start_round
@@ -246,6 +283,7 @@ def distill(student: nn.Module, teacher: nn.Module, loop, param_groups: list[dic
         if not losses:
             raise TrtqError("efficientdm: the sampling loop never called the denoiser it was given")
         history.append({"round": r, "iterations": len(losses), "loss": sum(losses) / len(losses)})
+        done += len(losses)
         if ckpt is not None and ((r + 1) % cfg.checkpoint_every == 0 or r + 1 == cfg.rounds):
             meta = {"round": r + 1, "history": history, "config": config}
             if step_scale is not None:
