@@ -20,3 +20,13 @@ def write_generated_block(path: Path, body: str, command: str, begin: str, end: 
         text = f"# {title}\n\n{block}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def guidance_of(part: dict) -> float:
+    """The guidance scale a table slice sampled with (the zoo model's own; slices written before it was
+    recorded hold none, and used the zoo's)."""
+    if "guidance" in part:
+        return part["guidance"]
+    from trtq.zoo import load_model
+
+    return load_model(part["model"]).guidance_scale

@@ -28,7 +28,7 @@ import torch
 
 from trtq.eval.evaluate import CALIB_SEED, Evaluator, SamplingConfig
 from trtq.eval.metrics import summarize
-from trtq.eval.tables import write_generated_block
+from trtq.eval.tables import guidance_of, write_generated_block
 
 BEGIN, END = "<!-- efficientdm-table:begin -->", "<!-- efficientdm-table:end -->"
 # model -> (row label, recipe, rounds: None = --rounds, 0 = the PTQ initialization, recipe overrides)
@@ -199,26 +199,18 @@ def part_command(p: dict, threads: int | None) -> str:
             + (f" --threads {threads}" if threads else ""))
 
 
-def guidance_of(part: dict) -> float:
-    """The guidance scale a slice sampled and distilled with (slices before it was recorded: the zoo's)."""
-    if "guidance" in part:
-        return part["guidance"]
-    from trtq.zoo import load_model
-
-    return load_model(part["model"]).guidance_scale
-
-
 def markdown_table(parts: list[dict]) -> str:
     p0 = parts[0]
     lines = [f"{p0['samples']} samples per row, {p0['steps']} DDIM steps (trailing), each model's guidance scale "
              "(also the distillation loss's), 95% bootstrap "
-             f"intervals in brackets. Fine-tuning: rounds × {p0['distill_samples']} random labels (× 2 for "
+             "intervals in brackets. Fine-tuning: rounds × random labels per round (each model's line) (× 2 for "
              f"guidance) × {p0['steps']} steps, one AdamW step per denoiser call (iterations below). "
              f"{p0['machine']}, torch {p0['torch']}, {p0['date']}. Peak memory: increase of the process's resident "
              "memory during the method (CPU).", ""]
     for p in parts:
         fp = p["rows"][0]
-        lines += [f"**{p['model']}** ({p['rounds']} rounds, guidance {guidance_of(p)})", "",
+        lines += [f"**{p['model']}** ({p['rounds']} rounds × {p['distill_samples']} random labels, "
+                  f"guidance {guidance_of(p)})", "",
                   "| configuration | recipe | digits-FID ↓ | vs FP | PSNR vs FP (dB) ↑ | accuracy ↑ | "
                   "fine-tuning (s) | "
                   "iterations | peak memory (MiB) | trainable parameters |",

@@ -25,7 +25,7 @@ import torch
 
 from trtq.eval.evaluate import Evaluator, SamplingConfig, calibration_loop
 from trtq.eval.metrics import summarize
-from trtq.eval.tables import write_generated_block
+from trtq.eval.tables import guidance_of, write_generated_block
 from trtq.quantize import quantize
 from trtq.recipes import Recipe, get_recipe
 
@@ -78,6 +78,7 @@ def run_part(model_name: str, bits: str, samples: int, steps: int, calib_samples
              "seconds": {"sample": fp["seconds"]["sample"]}}]
     print(f"[{model_name} {bits}] FP32 FID {fp['fid']:.2f} acc {fp['accuracy']:.3f}", flush=True)
     part = {"model": model_name, "bits": bits, "samples": samples, "steps": steps, "calib_samples": calib_samples,
+            "guidance": model.guidance_scale,
             "iters": iters, "tiar_iters": tiar_iters, "date": _dt.date.today().isoformat(),
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
             "torch": torch.__version__, "rows": rows}
@@ -137,7 +138,8 @@ def _with_ci(row, key, spec):
 
 def markdown_table(parts: list[dict]) -> str:
     p0 = parts[0]
-    lines = [f"{p0['samples']} samples per row, {p0['steps']} DDIM steps (trailing), guidance 2.0; calibration "
+    lines = [f"{p0['samples']} samples per row, {p0['steps']} DDIM steps (trailing), each model's own guidance "
+             "scale (beside its name; calibration too); calibration "
              f"{p0['calib_samples']} labels × 2 (classifier-free guidance) × {p0['steps']} steps of the float "
              f"model's own trajectories; reconstruction {p0['iters'] or 'recipe default'} Adam iterations per "
              f"block, {p0['tiar_iters'] or 'recipe default'} for the TIB. {p0['machine']}, torch {p0['torch']}, "
@@ -148,7 +150,7 @@ def markdown_table(parts: list[dict]) -> str:
         mine = [p for p in parts if p["model"] == model]
         if not mine:
             continue
-        lines += [f"**{model}**", "",
+        lines += [f"**{model}** (guidance {guidance_of(mine[0])})", "",
                   "| bits | configuration | recipe | digits-FID ↓ [95% CI] | vs FP | ΔFID vs FP [95% CI] | "
                   "PSNR vs FP (dB) ↑ | accuracy ↑ [95% CI] | calibration (s) | peak memory (MiB) |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
