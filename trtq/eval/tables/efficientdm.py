@@ -203,8 +203,8 @@ def markdown_table(parts: list[dict]) -> str:
     p0 = parts[0]
     lines = [f"{p0['samples']} samples per row, {p0['steps']} DDIM steps (trailing), each model's guidance scale "
              "(also the distillation loss's), 95% bootstrap "
-             "intervals in brackets. Fine-tuning: rounds × random labels per round (each model's line) (× 2 for "
-             f"guidance) × {p0['steps']} steps, one AdamW step per denoiser call (iterations below). "
+             "intervals in brackets. Fine-tuning: rounds × random labels per round (both beside each model's name; "
+             f"× 2 for guidance) × {p0['steps']} steps, one AdamW step per denoiser call (iterations below). "
              f"{p0['machine']}, torch {p0['torch']}, {p0['date']}. Peak memory: increase of the process's resident "
              "memory during the method (CPU).", ""]
     for p in parts:
