@@ -247,7 +247,7 @@ def distill(student: nn.Module, teacher: nn.Module, loop, param_groups: list[dic
     config = {**{k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "progress", "rounds",
                                                                     "checkpoint_every")},
               **(fingerprint or {})}
-    if cfg.lr_schedule != "constant":  # the schedule depends on the round count: a resumed run must share it
+    if cfg.lr_schedule != "constant":  # the cosine depends on the round count: a resumed run must share it
         config["schedule_rounds"] = cfg.rounds
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     start_round, history, step_means = 0, [], None
@@ -269,8 +269,7 @@ def distill(student: nn.Module, teacher: nn.Module, loop, param_groups: list[dic
         bar.update(1)
         bar.set_postfix(round=f"{r + 1}/{cfg.rounds}", loss=f"{loss:.3g}")
 
-    scheduled = cfg.warmup > 0 or cfg.lr_schedule != "constant"
-    step = DistillStep(student, teacher, optimizer, steps, cfg, on_step, step_scale, lr_scale if scheduled else None)
+    step = DistillStep(student, teacher, optimizer, steps, cfg, on_step, step_scale, lr_scale)
     round_fn = getattr(loop, "round", None)
     start, outside = time.perf_counter(), 0.0  # outside: time spent in on_round (evaluations), not training
     r = start_round
