@@ -474,6 +474,41 @@ def test_drift_table_configurations_parse():
         parse_config("bad=efficientdm.lr")
 
 
+def _slice(rows, curves=None, legacy_curve=None, rounds=30):
+    part = {"model": "digits-unet", "samples": 200, "steps": 10, "rounds": rounds, "distill_samples": 16,
+            "rows": [{"label": "FP32", "recipe": "fp32", "fid": 1.0}] + rows}
+    if legacy_curve is not None:
+        part["curve"] = legacy_curve
+    else:
+        part["curves"] = curves or {}
+    return part
+
+
+def test_efficientdm_table_merges_per_row_curves_and_states_the_command_that_makes_them():
+    """Slices (one with the single EfficientDM curve of older slices) merge into one part whose per-row
+    curves draw from the PTQ init through the points to each row's end; the command regenerates them all."""
+    from trtq.eval.tables.efficientdm import curve_lines, merge_parts, part_command
+
+    pt = lambda r, fid: {"rounds": r, "fid": fid}  # noqa: E731
+    edm = _slice([{"label": "PTQ init (min-max/MSE)", "recipe": "w4a4-efficientdm", "rounds": 0, "fid": 4.0},
+                  {"label": "EfficientDM", "recipe": "w4a4-efficientdm", "rounds": 30, "iterations": 300,
+                   "fid": 2.0}], legacy_curve=[pt(10, 6.0), pt(20, 2.5)])
+    qat = _slice([{"label": "QAT", "recipe": "w4a4-qat", "rounds": 200, "iterations": 2000, "fid": 3.0}],
+                 curves={"QAT": [pt(100, 3.5), pt(30, 4.5)]})
+    (part,) = merge_parts([qat, edm])
+    assert [r["label"] for r in part["rows"]] == ["FP32", "PTQ init (min-max/MSE)", "EfficientDM", "QAT"]
+    assert curve_lines(part) == {"EfficientDM": [(0, 4.0), (100, 6.0), (200, 2.5), (300, 2.0)],
+                                 "QAT": [(0, 4.0), (300, 4.5), (1000, 3.5), (2000, 3.0)]}
+    cmd = part_command(part, 1)
+    assert "--rounds 30 --qat-rounds 200 " in cmd and "--curve 10,20,30,100 " in cmd
+    assert "--curve-rows 'QAT,EfficientDM'" in cmd or "--curve-rows 'EfficientDM,QAT'" in cmd
+    # a row without curve points is its end point alone; without per-row curves the command says nothing more
+    (plain,) = merge_parts([_slice([{"label": "QAT", "recipe": "w4a4-qat", "rounds": 30, "iterations": 300,
+                                     "fid": 3.0}])])
+    assert curve_lines(plain) == {"QAT": [(300, 3.0)]}
+    assert "--qat-rounds" not in part_command(plain, None) and "--curve" not in part_command(plain, None)
+
+
 def _finetune_far(model: nn.Module, factor: float = -1.6) -> nn.Module:
     """Merge a full update D = factor · W0 into every adaptable layer: codes of -0.6 W0, ~1.6 (relative L2)
     from the float weights. Long EfficientDM runs move layers this way (digits-dit after 2000 iterations:

@@ -1,15 +1,17 @@
 """The EfficientDM table and curve: FP, PTQ initialization, EfficientDM and QAT on the zoo models.
 
-    python -m trtq.eval.tables.efficientdm [--samples N] [--steps S] [--rounds R] [--distill-samples B]
-                                           [--curve R1,R2,...] [--threads T] [--out docs/efficientdm.md]
+    python -m trtq.eval.tables.efficientdm [--samples N] [--steps S] [--rounds R] [--qat-rounds R]
+                                           [--distill-samples B] [--curve R1,R2,...] [--curve-rows L1,L2]
+                                           [--threads T] [--out docs/efficientdm.md]
 
 Rows per model: FP32; the PTQ initialization (the EfficientDM recipe with 0 rounds: the same layers, schemes
 and per-timestep tables, min-max/MSE calibrated; on digits-dit the HQ-DiT initialization); EfficientDM
 (rank-32 QALoRA + learned step sizes, `--rounds` rounds of data-free distillation, each round `--distill-
 samples` random labels from random noise, one AdamW step per denoiser call); QAT (the same loss and rounds,
-full weights trained). Every row samples the same labels from the same noise as FP; distillation and
-calibration data come from other seeds. The curve evaluates a merged copy of the EfficientDM student after
-the rounds in `--curve` (same samples as the table) and is drawn to `<out>_curve.png`. `--part MODEL --json F`
+full weights trained; `--qat-rounds` to give it a larger budget than EfficientDM's). Every row samples the
+same labels from the same noise as FP; distillation and calibration data come from other seeds. The curve
+evaluates a merged copy of the student of each row in `--curve-rows` (default: EfficientDM) after the rounds
+in `--curve` (same samples as the table) and is drawn to `<out>_curve.png`. `--part MODEL --json F`
 runs one model (to run models side by side), `--assemble F... --out docs/efficientdm.md` writes the doc. The
 generated part of the markdown sits between two markers; the prose around it is kept when re-run.
 """
@@ -31,13 +33,14 @@ from trtq.eval.metrics import summarize
 from trtq.eval.tables import guidance_of, write_generated_block
 
 BEGIN, END = "<!-- efficientdm-table:begin -->", "<!-- efficientdm-table:end -->"
-# model -> (row label, recipe, rounds: None = --rounds, 0 = the PTQ initialization, recipe overrides)
+# model -> (row label, recipe, rounds: None = --rounds (QAT rows: --qat-rounds), 0 = the PTQ init, overrides)
 RELATIVE = {"efficientdm.step_weighting": "relative"}
 ROWS = {
     "digits-unet": [("PTQ init (min-max/MSE)", "w4a4-efficientdm", 0, {}),
                     ("EfficientDM", "w4a4-efficientdm", None, {}),
                     ("EfficientDM, relative step weighting", "w4a4-efficientdm", None, RELATIVE),
-                    ("QAT", "w4a4-qat", None, {})],
+                    ("QAT", "w4a4-qat", None, {}),
+                    ("QAT (lr 3e-5)", "w4a4-qat", None, {"efficientdm.lr": 3e-5})],
     "digits-dit": [("PTQ init (HQ-DiT)", "w4a4-fp4-efficientdm", 0, {}),
                    ("EfficientDM", "w4a4-fp4-efficientdm", None, {}),
                    ("QAT", "w4a4-fp4-qat", None, {})],
@@ -137,7 +140,8 @@ def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples
 
 
 def run_part(model_name: str, samples: int, steps: int, rounds: int, distill_samples: int, curve: set[int],
-             only: set[str] | None = None, save=None) -> dict:
+             only: set[str] | None = None, save=None, qat_rounds: int | None = None,
+             curve_rows: tuple[str, ...] = ("EfficientDM",)) -> dict:
     from trtq.zoo import load_classifier, load_digits_images, load_model
 
     model = load_model(model_name)
@@ -148,19 +152,20 @@ def run_part(model_name: str, samples: int, steps: int, rounds: int, distill_sam
             "guidance": model.guidance_scale,
             "distill_samples": distill_samples, "date": _dt.date.today().isoformat(),
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
-            "torch": torch.__version__, "curve": [],
+            "torch": torch.__version__, "curves": {},
             "rows": [{"label": "FP32", "recipe": "fp32", **{k: fp.get(k) for k in METRICS},
                       "seconds": {"sample": fp["seconds"]["sample"]}}]}
     print(f"[{model_name}] FP32 FID {fp['fid']:.2f} acc {fp['accuracy']:.3f}", flush=True)
     for label, recipe, row_rounds, overrides in ROWS[model_name]:
         if only and label not in only and recipe not in only:
             continue
-        r = rounds if row_rounds is None else row_rounds
-        row, points = run_row(ev, model, recipe, r, distill_samples, curve if label == "EfficientDM" else set(),
+        r = row_rounds if row_rounds is not None else \
+            qat_rounds if qat_rounds is not None and recipe.endswith("-qat") else rounds
+        row, points = run_row(ev, model, recipe, r, distill_samples, curve if label in curve_rows else set(),
                               overrides)
         part["rows"].append({"label": label, **row})
-        if label == "EfficientDM":
-            part["curve"] = points
+        if points:
+            part["curves"][label] = points
         print(f"[{model_name}] {label}: FID {row['fid']:.2f} PSNR {row['psnr_db']} acc {row['accuracy']:.3f} "
               f"fine-tune {row['seconds']['finetune']:.0f}s ({row['iterations']} it)", flush=True)
         if save is not None:
@@ -168,15 +173,22 @@ def run_part(model_name: str, samples: int, steps: int, rounds: int, distill_sam
     return part
 
 
+def curves_of(p: dict) -> dict[str, list[dict]]:
+    """{row label: curve points}; slices written before per-row curves held one list, EfficientDM's."""
+    return p["curves"] if "curves" in p else ({"EfficientDM": p["curve"]} if p.get("curve") else {})
+
+
 def merge_parts(parts: list[dict]) -> list[dict]:
     """Slices of the same model as one (their FP rows are the same: same seeds, same model)."""
     merged: dict[str, dict] = {}
     for p in parts:
+        curves = curves_of(p)
+        p = {k: v for k, v in p.items() if k != "curve"}
         if p["model"] not in merged:
-            merged[p["model"]] = {**p, "rows": list(p["rows"])}
+            merged[p["model"]] = {**p, "rows": list(p["rows"]), "curves": dict(curves)}
         else:
             merged[p["model"]]["rows"] += [r for r in p["rows"] if r["recipe"] != "fp32"]
-            merged[p["model"]]["curve"] += p["curve"]
+            merged[p["model"]]["curves"].update(curves)
     for p in merged.values():
         order = {row[0]: i for i, row in enumerate(ROWS[p["model"]])}
         p["rows"].sort(key=lambda r: -1 if r["recipe"] == "fp32" else order[r["label"]])
@@ -192,10 +204,14 @@ def _ci(v, ci, spec, pct=False):
 
 def part_command(p: dict, threads: int | None) -> str:
     """The command that produces one model's slice (what `--assemble` was given)."""
-    curve = ",".join(str(c["rounds"]) for c in sorted(p["curve"], key=lambda c: c["rounds"]))
+    curves = curves_of(p)
+    curve = ",".join(str(r) for r in sorted({c["rounds"] for pts in curves.values() for c in pts}))
+    qat = {r["rounds"] for r in p["rows"] if r["recipe"].endswith("-qat")} - {p["rounds"]}
     return (f"python -m trtq.eval.tables.efficientdm --part {p['model']} --json {p['model']}.json "
             f"--samples {p['samples']} --steps {p['steps']} --rounds {p['rounds']} "
-            f"--distill-samples {p['distill_samples']}" + (f" --curve {curve}" if curve else "")
+            + (f"--qat-rounds {qat.pop()} " if len(qat) == 1 else "")
+            + f"--distill-samples {p['distill_samples']}" + (f" --curve {curve}" if curve else "")
+            + (f" --curve-rows '{','.join(curves)}'" if curves and list(curves) != ["EfficientDM"] else "")
             + (f" --threads {threads}" if threads else ""))
 
 
@@ -236,38 +252,48 @@ def markdown_table(parts: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def curve_points(p: dict) -> list[tuple[float, float]] | None:
-    """(iterations, digits-FID) of the EfficientDM student: the PTQ init, the curve points, the final row."""
-    rows = {r["label"]: r for r in p["rows"]}
+COLOURS = [(66, 133, 244), (219, 68, 55), (244, 160, 0), (15, 157, 88), (171, 71, 188)]
+
+
+def curve_lines(p: dict) -> dict[str, list[tuple[float, float]]]:
+    """{row label: (iterations, digits-FID) points} of every fine-tuned row: from the PTQ init through its curve
+    points to its final row; a row without curve points is its end point alone (no line is implied)."""
     init = next((r for r in p["rows"] if r.get("rounds") == 0), None)
-    final = rows.get("EfficientDM")
-    if init is None or final is None:
-        return None
-    per_round = final["iterations"] / max(final["rounds"], 1)
-    curve = sorted(p["curve"], key=lambda c: c["rounds"])
-    return [(0, init["fid"])] + [(c["rounds"] * per_round, c["fid"]) for c in curve] + \
-        [(final["iterations"], final["fid"])]
+    curves, lines = curves_of(p), {}
+    for r in p["rows"]:
+        if r["recipe"] == "fp32" or not r.get("rounds"):
+            continue
+        per_round = r["iterations"] / r["rounds"]
+        pts = [(c["rounds"] * per_round, c["fid"]) for c in sorted(curves.get(r["label"], []),
+                                                                   key=lambda c: c["rounds"])]
+        start = [(0, init["fid"])] if pts and init is not None else []
+        lines[r["label"]] = start + pts + [(r["iterations"], r["fid"])]
+    return lines
 
 
 def draw_curve(parts: list[dict], path: Path) -> None:
-    """digits-FID against fine-tuning iterations, one panel per model, FP (and QAT's end point) marked; Pillow."""
+    """digits-FID against fine-tuning iterations, one panel per model, a line per row with a curve, FP dashed."""
     from PIL import Image, ImageDraw
 
-    panels = [(p, pts) for p in parts if (pts := curve_points(p))]
+    panels = [(p, lines) for p, lines in ((p, curve_lines(p)) for p in parts)
+              if any(len(v) > 1 for v in lines.values())]
     if not panels:
         return
-    pw, h, left, top, bottom = 460, 400, 60, 50, 50
+    pw, h, left, top, bottom = 560, 440, 60, 50 + 14 * 5, 50
     img = Image.new("RGB", (pw * len(panels), h), "white")
     d = ImageDraw.Draw(img)
-    for j, (p, pts) in enumerate(panels):
+    for j, (p, lines) in enumerate(panels):
         x0 = j * pw
         fp_fid = p["rows"][0]["fid"]
-        qat = next((r for r in p["rows"] if r["label"] == "QAT"), None)
+        pts = [xy for v in lines.values() for xy in v]
         xmax = max(x for x, _ in pts) or 1
-        ymax = max([y for _, y in pts] + [fp_fid] + ([qat["fid"]] if qat else [])) * 1.1
+        ymax = max([y for _, y in pts] + [fp_fid]) * 1.1
         sx, sy = (pw - 20 - left) / xmax, (h - bottom - top) / ymax
-        d.text((x0 + 10, 10), f"{p['model']}: digits-FID vs fine-tuning iterations", fill="black")
-        d.text((x0 + 10, 26), "blue: EfficientDM, dashed: FP, red: QAT (end)", fill="black")
+        d.text((x0 + 10, 10), f"{p['model']}: digits-FID vs fine-tuning iterations (dashed: FP)", fill="black")
+        for i, label in enumerate(lines):
+            colour = COLOURS[i % len(COLOURS)]
+            d.line([(x0 + 10, 32 + 14 * i), (x0 + 30, 32 + 14 * i)], fill=colour, width=3)
+            d.text((x0 + 36, 26 + 14 * i), label + ("" if len(lines[label]) > 1 else " (end point)"), fill="black")
         d.line([(x0 + left, top), (x0 + left, h - bottom), (x0 + pw - 20, h - bottom)], fill="black")
         for i in range(5):
             y = h - bottom - (h - bottom - top) * i / 4
@@ -275,16 +301,16 @@ def draw_curve(parts: list[dict], path: Path) -> None:
             x = x0 + left + (pw - 20 - left) * i / 4
             d.text((x - 10, h - bottom + 6), f"{xmax * i / 4:.0f}", fill="black")
         d.text((x0 + pw // 2 - 20, h - 22), "iterations", fill="black")
-        xy = [(x0 + left + x * sx, h - bottom - y * sy) for x, y in pts]
-        d.line(xy, fill=(66, 133, 244), width=2)
-        for x, y in xy:
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(66, 133, 244))
         yfp = h - bottom - fp_fid * sy
         for xd in range(x0 + left, x0 + pw - 20, 12):
             d.line([(xd, yfp), (xd + 6, yfp)], fill="black")
-        if qat:
-            x, y = x0 + left + qat["iterations"] * sx, h - bottom - qat["fid"] * sy
-            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(219, 68, 55))
+        for i, line in enumerate(lines.values()):
+            colour = COLOURS[i % len(COLOURS)]
+            xy = [(x0 + left + x * sx, h - bottom - y * sy) for x, y in line]
+            if len(xy) > 1:
+                d.line(xy, fill=colour, width=2)
+            for x, y in xy:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
@@ -295,7 +321,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=20, help="distillation rounds (sampler runs) per fine-tuning")
     p.add_argument("--distill-samples", type=int, default=8, help="random labels per round (x2 with guidance)")
-    p.add_argument("--curve", default="", help="rounds after which the EfficientDM student is also evaluated")
+    p.add_argument("--qat-rounds", type=int, default=None, help="rounds of the QAT rows (default: --rounds)")
+    p.add_argument("--curve", default="", help="rounds after which the students of --curve-rows are also evaluated")
+    p.add_argument("--curve-rows", default="EfficientDM", help="row labels with a curve (comma-separated)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--part", default=None, help="one model (with --json)")
     p.add_argument("--rows", default=None, help="with --part: only these row labels or recipes (comma-separated)")
@@ -308,7 +336,8 @@ def main(argv=None) -> None:
     curve = {int(c) for c in args.curve.split(",") if c.strip()}
 
     def run(model, only=None, save=None):
-        return run_part(model, args.samples, args.steps, args.rounds, args.distill_samples, curve, only, save)
+        return run_part(model, args.samples, args.steps, args.rounds, args.distill_samples, curve, only, save,
+                        args.qat_rounds, tuple(args.curve_rows.split(",")))
 
     if args.part:
         save = lambda part: Path(args.json).write_text(json.dumps(part, indent=2) + "\n")  # noqa: E731
@@ -324,7 +353,9 @@ def main(argv=None) -> None:
     else:
         command = (f"python -m trtq.eval.tables.efficientdm --samples {p0['samples']} --steps {p0['steps']} "
                    f"--rounds {p0['rounds']} --distill-samples {p0['distill_samples']}"
+                   + (f" --qat-rounds {args.qat_rounds}" if args.qat_rounds is not None else "")
                    + (f" --curve {args.curve}" if args.curve else "")
+                   + (f" --curve-rows '{args.curve_rows}'" if args.curve_rows != "EfficientDM" else "")
                    + (f" --threads {args.threads}" if args.threads else "") + f" --out {args.out}")
     out = Path(args.out)
     write_generated_block(out, markdown_table(parts), command, BEGIN, END, "EfficientDM on the zoo models")
