@@ -1,6 +1,6 @@
 """The EfficientDM table and curve: FP, PTQ initialization, EfficientDM and QAT on the zoo models.
 
-    python -m trtq.eval.tables.efficientdm [--samples N] [--steps S] [--rounds R] [--qat-rounds R]
+    python -m trtq.eval.tables.efficientdm [--samples N] [--steps S] [--rounds R] [--row-rounds L=R]
                                            [--distill-samples B] [--curve R1,R2,...] [--curve-rows L1,L2]
                                            [--threads T] [--out docs/efficientdm.md]
 
@@ -8,7 +8,7 @@ Rows per model: FP32; the PTQ initialization (the EfficientDM recipe with 0 roun
 and per-timestep tables, min-max/MSE calibrated; on digits-dit the HQ-DiT initialization); EfficientDM
 (rank-32 QALoRA + learned step sizes, `--rounds` rounds of data-free distillation, each round `--distill-
 samples` random labels from random noise, one AdamW step per denoiser call); QAT (the same loss and rounds,
-full weights trained; `--qat-rounds` to give it a larger budget than EfficientDM's). Every row samples the
+full weights trained; `--row-rounds LABEL=R` gives a row its own budget). Every row samples the
 same labels from the same noise as FP; distillation and calibration data come from other seeds. The curve
 evaluates a merged copy of the student of each row in `--curve-rows` (default: EfficientDM) after the rounds
 in `--curve` (same samples as the table) and is drawn to `<out>_curve.png`. `--part MODEL --json F`
@@ -33,17 +33,19 @@ from trtq.eval.metrics import summarize
 from trtq.eval.tables import guidance_of, write_generated_block
 
 BEGIN, END = "<!-- efficientdm-table:begin -->", "<!-- efficientdm-table:end -->"
-# model -> (row label, recipe, rounds: None = --rounds (QAT rows: --qat-rounds), 0 = the PTQ init, overrides)
+# model -> (row label, recipe, rounds: None = --rounds or --row-rounds, 0 = the PTQ init, recipe overrides)
 RELATIVE = {"efficientdm.step_weighting": "relative"}
 ROWS = {
     "digits-unet": [("PTQ init (min-max/MSE)", "w4a4-efficientdm", 0, {}),
                     ("EfficientDM", "w4a4-efficientdm", None, {}),
                     ("EfficientDM, relative step weighting", "w4a4-efficientdm", None, RELATIVE),
+                    ("EfficientDM (lr 0.003)", "w4a4-efficientdm", None, {"efficientdm.lr": 0.003}),
                     ("QAT", "w4a4-qat", None, {}),
                     ("QAT (lr 3e-5)", "w4a4-qat", None, {"efficientdm.lr": 3e-5})],
     "digits-dit": [("PTQ init (HQ-DiT)", "w4a4-fp4-efficientdm", 0, {}),
                    ("EfficientDM", "w4a4-fp4-efficientdm", None, {}),
-                   ("QAT", "w4a4-fp4-qat", None, {})],
+                   ("QAT", "w4a4-fp4-qat", None, {}),
+                   ("QAT (lr 3e-5)", "w4a4-fp4-qat", None, {"efficientdm.lr": 3e-5})],
 }
 METRICS = ("fid", "fid_ci", "accuracy", "accuracy_ci", "psnr_db", "ssim", "fid_delta", "fid_delta_ci")
 
@@ -140,7 +142,7 @@ def run_row(ev: Evaluator, model, recipe_name: str, rounds: int, distill_samples
 
 
 def run_part(model_name: str, samples: int, steps: int, rounds: int, distill_samples: int, curve: set[int],
-             only: set[str] | None = None, save=None, qat_rounds: int | None = None,
+             only: set[str] | None = None, save=None, row_rounds: dict[str, int] | None = None,
              curve_rows: tuple[str, ...] = ("EfficientDM",)) -> dict:
     from trtq.zoo import load_classifier, load_digits_images, load_model
 
@@ -156,11 +158,10 @@ def run_part(model_name: str, samples: int, steps: int, rounds: int, distill_sam
             "rows": [{"label": "FP32", "recipe": "fp32", **{k: fp.get(k) for k in METRICS},
                       "seconds": {"sample": fp["seconds"]["sample"]}}]}
     print(f"[{model_name}] FP32 FID {fp['fid']:.2f} acc {fp['accuracy']:.3f}", flush=True)
-    for label, recipe, row_rounds, overrides in ROWS[model_name]:
+    for label, recipe, fixed_rounds, overrides in ROWS[model_name]:
         if only and label not in only and recipe not in only:
             continue
-        r = row_rounds if row_rounds is not None else \
-            qat_rounds if qat_rounds is not None and recipe.endswith("-qat") else rounds
+        r = fixed_rounds if fixed_rounds is not None else (row_rounds or {}).get(label, rounds)
         row, points = run_row(ev, model, recipe, r, distill_samples, curve if label in curve_rows else set(),
                               overrides)
         part["rows"].append({"label": label, **row})
@@ -206,10 +207,10 @@ def part_command(p: dict, threads: int | None) -> str:
     """The command that produces one model's slice (what `--assemble` was given)."""
     curves = curves_of(p)
     curve = ",".join(str(r) for r in sorted({c["rounds"] for pts in curves.values() for c in pts}))
-    qat = {r["rounds"] for r in p["rows"] if r["recipe"].endswith("-qat")} - {p["rounds"]}
+    own = {r["label"]: r["rounds"] for r in p["rows"] if r.get("rounds") not in (None, 0, p["rounds"])}
     return (f"python -m trtq.eval.tables.efficientdm --part {p['model']} --json {p['model']}.json "
             f"--samples {p['samples']} --steps {p['steps']} --rounds {p['rounds']} "
-            + (f"--qat-rounds {qat.pop()} " if len(qat) == 1 else "")
+            + "".join(f"--row-rounds '{label}={r}' " for label, r in own.items())
             + f"--distill-samples {p['distill_samples']}" + (f" --curve {curve}" if curve else "")
             + (f" --curve-rows '{','.join(curves)}'" if curves and list(curves) != ["EfficientDM"] else "")
             + (f" --threads {threads}" if threads else ""))
@@ -321,7 +322,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=20, help="distillation rounds (sampler runs) per fine-tuning")
     p.add_argument("--distill-samples", type=int, default=8, help="random labels per round (x2 with guidance)")
-    p.add_argument("--qat-rounds", type=int, default=None, help="rounds of the QAT rows (default: --rounds)")
+    p.add_argument("--row-rounds", action="append", default=[], metavar="LABEL=R",
+                   help="rounds of one row (by label) instead of --rounds; repeatable")
     p.add_argument("--curve", default="", help="rounds after which the students of --curve-rows are also evaluated")
     p.add_argument("--curve-rows", default="EfficientDM", help="row labels with a curve (comma-separated)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -334,10 +336,16 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     curve = {int(c) for c in args.curve.split(",") if c.strip()}
+    row_rounds = {}
+    for a in args.row_rounds:
+        label, _, r = a.rpartition("=")
+        if not label or not r.isdigit():
+            p.error(f"--row-rounds expects LABEL=ROUNDS, got {a!r}")
+        row_rounds[label] = int(r)
 
     def run(model, only=None, save=None):
         return run_part(model, args.samples, args.steps, args.rounds, args.distill_samples, curve, only, save,
-                        args.qat_rounds, tuple(args.curve_rows.split(",")))
+                        row_rounds, tuple(args.curve_rows.split(",")))
 
     if args.part:
         save = lambda part: Path(args.json).write_text(json.dumps(part, indent=2) + "\n")  # noqa: E731
@@ -353,7 +361,7 @@ def main(argv=None) -> None:
     else:
         command = (f"python -m trtq.eval.tables.efficientdm --samples {p0['samples']} --steps {p0['steps']} "
                    f"--rounds {p0['rounds']} --distill-samples {p0['distill_samples']}"
-                   + (f" --qat-rounds {args.qat_rounds}" if args.qat_rounds is not None else "")
+                   + "".join(f" --row-rounds '{a}'" for a in args.row_rounds)
                    + (f" --curve {args.curve}" if args.curve else "")
                    + (f" --curve-rows '{args.curve_rows}'" if args.curve_rows != "EfficientDM" else "")
                    + (f" --threads {args.threads}" if args.threads else "") + f" --out {args.out}")
