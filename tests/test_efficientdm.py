@@ -493,15 +493,15 @@ def test_efficientdm_table_merges_per_row_curves_and_states_the_command_that_mak
     edm = _slice([{"label": "PTQ init (min-max/MSE)", "recipe": "w4a4-efficientdm", "rounds": 0, "fid": 4.0},
                   {"label": "EfficientDM", "recipe": "w4a4-efficientdm", "rounds": 30, "iterations": 300,
                    "fid": 2.0}], legacy_curve=[pt(10, 6.0), pt(20, 2.5)])
-    qat = _slice([{"label": "QAT (lr 3e-5)", "recipe": "w4a4-qat", "rounds": 200, "iterations": 2000, "fid": 3.0}],
-                 curves={"QAT (lr 3e-5)": [pt(100, 3.5), pt(30, 4.5)]})
+    qat = _slice([{"label": "QAT", "recipe": "w4a4-qat", "rounds": 200, "iterations": 2000, "fid": 3.0}],
+                 curves={"QAT": [pt(100, 3.5), pt(30, 4.5)]})
     (part,) = merge_parts([qat, edm])
-    assert [r["label"] for r in part["rows"]] == ["FP32", "PTQ init (min-max/MSE)", "EfficientDM", "QAT (lr 3e-5)"]
+    assert [r["label"] for r in part["rows"]] == ["FP32", "PTQ init (min-max/MSE)", "EfficientDM", "QAT"]
     assert curve_lines(part) == {"EfficientDM": [(0, 4.0), (100, 6.0), (200, 2.5), (300, 2.0)],
-                                 "QAT (lr 3e-5)": [(0, 4.0), (300, 4.5), (1000, 3.5), (2000, 3.0)]}
+                                 "QAT": [(0, 4.0), (300, 4.5), (1000, 3.5), (2000, 3.0)]}
     cmd = part_command(part, 1)
-    assert "--rounds 30 --row-rounds 'QAT (lr 3e-5)=200' " in cmd and "--curve 10,20,30,100 " in cmd
-    assert "--curve-rows 'QAT (lr 3e-5),EfficientDM'" in cmd
+    assert "--rounds 30 --row-rounds 'QAT=200' " in cmd and "--curve 10,20,30,100 " in cmd
+    assert "--curve-rows 'QAT,EfficientDM'" in cmd
     # a row without curve points is its end point alone; without per-row curves the command says nothing more
     (plain,) = merge_parts([_slice([{"label": "QAT", "recipe": "w4a4-qat", "rounds": 30, "iterations": 300,
                                      "fid": 3.0}])])

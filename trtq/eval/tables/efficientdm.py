@@ -41,11 +41,11 @@ ROWS = {
                     ("EfficientDM, relative step weighting", "w4a4-efficientdm", None, RELATIVE),
                     ("EfficientDM (lr 0.003)", "w4a4-efficientdm", None, {"efficientdm.lr": 0.003}),
                     ("QAT", "w4a4-qat", None, {}),
-                    ("QAT (lr 3e-5)", "w4a4-qat", None, {"efficientdm.lr": 3e-5})],
+                    ("QAT (lr 1e-4)", "w4a4-qat", None, {"efficientdm.lr": 1e-4})],
     "digits-dit": [("PTQ init (HQ-DiT)", "w4a4-fp4-efficientdm", 0, {}),
                    ("EfficientDM", "w4a4-fp4-efficientdm", None, {}),
                    ("QAT", "w4a4-fp4-qat", None, {}),
-                   ("QAT (lr 3e-5)", "w4a4-fp4-qat", None, {"efficientdm.lr": 3e-5})],
+                   ("QAT (lr 1e-4)", "w4a4-fp4-qat", None, {"efficientdm.lr": 1e-4})],
 }
 METRICS = ("fid", "fid_ci", "accuracy", "accuracy_ci", "psnr_db", "ssim", "fid_delta", "fid_delta_ci")
 
