@@ -280,6 +280,8 @@ def draw_curve(parts: list[dict], path: Path) -> None:
               if any(len(v) > 1 for v in lines.values())]
     if not panels:
         return
+    labels = list(dict.fromkeys(label for _, lines in panels for label in lines))  # one colour per row label
+    colour_of = {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(labels)}
     pw, h, left, top, bottom = 560, 440, 60, 50 + 14 * 5, 50
     img = Image.new("RGB", (pw * len(panels), h), "white")
     d = ImageDraw.Draw(img)
@@ -292,7 +294,7 @@ def draw_curve(parts: list[dict], path: Path) -> None:
         sx, sy = (pw - 20 - left) / xmax, (h - bottom - top) / ymax
         d.text((x0 + 10, 10), f"{p['model']}: digits-FID vs fine-tuning iterations (dashed: FP)", fill="black")
         for i, label in enumerate(lines):
-            colour = COLOURS[i % len(COLOURS)]
+            colour = colour_of[label]
             d.line([(x0 + 10, 32 + 14 * i), (x0 + 30, 32 + 14 * i)], fill=colour, width=3)
             d.text((x0 + 36, 26 + 14 * i), label + ("" if len(lines[label]) > 1 else " (end point)"), fill="black")
         d.line([(x0 + left, top), (x0 + left, h - bottom), (x0 + pw - 20, h - bottom)], fill="black")
@@ -305,8 +307,8 @@ def draw_curve(parts: list[dict], path: Path) -> None:
         yfp = h - bottom - fp_fid * sy
         for xd in range(x0 + left, x0 + pw - 20, 12):
             d.line([(xd, yfp), (xd + 6, yfp)], fill="black")
-        for i, line in enumerate(lines.values()):
-            colour = COLOURS[i % len(COLOURS)]
+        for label, line in lines.items():
+            colour = colour_of[label]
             xy = [(x0 + left + x * sx, h - bottom - y * sy) for x, y in line]
             if len(xy) > 1:
                 d.line(xy, fill=colour, width=2)
