@@ -509,6 +509,16 @@ def test_efficientdm_table_merges_per_row_curves_and_states_the_command_that_mak
     assert "--row-rounds" not in part_command(plain, None) and "--curve" not in part_command(plain, None)
 
 
+@pytest.mark.parametrize("args", [["--curve-rows", "QAT (lr 3e-5)"], ["--row-rounds", "QATT=200"],
+                                  ["--row-rounds", "QAT=x"]])
+def test_efficientdm_table_refuses_unknown_row_labels_before_any_work(tmp_path, args):
+    from trtq.eval.tables.efficientdm import main
+
+    with pytest.raises(SystemExit):
+        main(["--part", "digits-unet", "--json", str(tmp_path / "s.json"), *args])
+    assert not (tmp_path / "s.json").exists()
+
+
 def _finetune_far(model: nn.Module, factor: float = -1.6) -> nn.Module:
     """Merge a full update D = factor · W0 into every adaptable layer: codes of -0.6 W0, ~1.6 (relative L2)
     from the float weights. Long EfficientDM runs move layers this way (digits-dit after 2000 iterations:

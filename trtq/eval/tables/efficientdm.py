@@ -344,6 +344,10 @@ def main(argv=None) -> None:
         if not label or not r.isdigit():
             p.error(f"--row-rounds expects LABEL=ROUNDS, got {a!r}")
         row_rounds[label] = int(r)
+    labels = {row[0] for rows in ROWS.values() for row in rows}
+    unknown = (set(row_rounds) | set(args.curve_rows.split(","))) - labels
+    if unknown:  # a misspelt label would otherwise be ignored after hours of fine-tuning
+        p.error(f"no row labelled {', '.join(sorted(unknown))}; rows: {', '.join(sorted(labels))}")
 
     def run(model, only=None, save=None):
         return run_part(model, args.samples, args.steps, args.rounds, args.distill_samples, curve, only, save,
