@@ -175,7 +175,8 @@ def run_part(model_name: str, samples: int, steps: int, rounds: int, distill_sam
 
 
 def curves_of(p: dict) -> dict[str, list[dict]]:
-    """{row label: curve points}; slices written before per-row curves held one list, EfficientDM's."""
+    """{row label: curve points} of a slice as written; slices from before per-row curves held one list,
+    EfficientDM's. `merge_parts` normalizes to `curves`; everything after it reads that."""
     return p["curves"] if "curves" in p else ({"EfficientDM": p["curve"]} if p.get("curve") else {})
 
 
@@ -205,7 +206,7 @@ def _ci(v, ci, spec, pct=False):
 
 def part_command(p: dict, threads: int | None) -> str:
     """The command that produces one model's slice (what `--assemble` was given)."""
-    curves = curves_of(p)
+    curves = p["curves"]
     curve = ",".join(str(r) for r in sorted({c["rounds"] for pts in curves.values() for c in pts}))
     own = {r["label"]: r["rounds"] for r in p["rows"] if r.get("rounds") not in (None, 0, p["rounds"])}
     return (f"python -m trtq.eval.tables.efficientdm --part {p['model']} --json {p['model']}.json "
@@ -220,13 +221,13 @@ def markdown_table(parts: list[dict]) -> str:
     p0 = parts[0]
     lines = [f"{p0['samples']} samples per row, {p0['steps']} DDIM steps (trailing), each model's guidance scale "
              "(also the distillation loss's), 95% bootstrap "
-             "intervals in brackets. Fine-tuning: rounds × random labels per round (both beside each model's name; "
-             f"× 2 for guidance) × {p0['steps']} steps, one AdamW step per denoiser call (iterations below). "
+             "intervals in brackets. Fine-tuning: rounds (a row's iterations ÷ the steps) × random labels per round "
+             f"(beside each model's name; × 2 for guidance) × {p0['steps']} steps, one AdamW step per denoiser call. "
              f"{p0['machine']}, torch {p0['torch']}, {p0['date']}. Peak memory: increase of the process's resident "
              "memory during the method (CPU).", ""]
     for p in parts:
         fp = p["rows"][0]
-        lines += [f"**{p['model']}** ({p['rounds']} rounds × {p['distill_samples']} random labels, "
+        lines += [f"**{p['model']}** ({p['distill_samples']} random labels per round, "
                   f"guidance {guidance_of(p)})", "",
                   "| configuration | recipe | digits-FID ↓ | vs FP | PSNR vs FP (dB) ↑ | accuracy ↑ | "
                   "fine-tuning (s) | "
@@ -260,7 +261,7 @@ def curve_lines(p: dict) -> dict[str, list[tuple[float, float]]]:
     """{row label: (iterations, digits-FID) points} of every fine-tuned row: from the PTQ init through its curve
     points to its final row; a row without curve points is its end point alone (no line is implied)."""
     init = next((r for r in p["rows"] if r.get("rounds") == 0), None)
-    curves, lines = curves_of(p), {}
+    curves, lines = p["curves"], {}
     for r in p["rows"]:
         if r["recipe"] == "fp32" or not r.get("rounds"):
             continue
